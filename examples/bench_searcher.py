@@ -1,0 +1,115 @@
+"""Benchmark: the searcher's own cost, and Tune's per-trial overhead.
+
+    python examples/bench_searcher.py                         # 64 x 10 generations, driven directly
+    python examples/bench_searcher.py --tune --population 8 --generations 3   # real tune.run, trivial trainable
+
+Direct mode feeds ``LLMSearch`` the events Tune would (suggest, 5 results and a completion per trial) with an
+instant scripted LLM, and prints the searcher's CPU time per event and its saved state's size per
+generation (bytes per trial should stay flat: the state grows linearly). Tune mode runs a trainable that
+only reports, so wall time per trial is Tune's overhead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from ray_llm_search import LLM, LLMSearch  # noqa: E402
+
+
+class InstantLLM(LLM):
+    style = "chat"
+
+    def propose(self, meta_prompt: str, n: int) -> list[str]:
+        self._count(self.usage, calls=1)
+        k = self.usage["calls"]
+        return ["\n".join(f"{i + 1}. candidate {k}-{i} about news topics" for i in range(n))]
+
+
+def drive(population: int, generations: int, results_per_trial: int, log_dir: str) -> None:
+    search = LLMSearch(InstantLLM(), "Benchmark task.", ["seed prompt one", "seed prompt two"], metric="acc",
+                       mode="max", population=population, generations=generations, elites=2, log_dir=log_dir)
+    import tensorboardX  # noqa: F401  Tune's own TensorBoard logger imports it (and torch) at start-up anyway
+
+    counter = 0
+    sizes = []
+    started = time.process_time()
+    while True:
+        batch = []
+        while True:
+            config = search.suggest(f"t{counter}")
+            if config is None:
+                if not batch:
+                    time.sleep(0.001)  # the LLM thread is answering
+                    continue
+                break
+            if config == "FINISHED":
+                break
+            batch.append((f"t{counter}", config))
+            counter += 1
+        if not batch:
+            break
+        for trial_id, config in batch:
+            for step in range(results_per_trial):
+                search.on_trial_result(trial_id, {"acc": (hash((trial_id, step)) % 1000) / 1000, "loss": 1.0,
+                                                  "prompt_text": f"{config['prompt_init']} {step}", "step": step,
+                                                  "vectors_path": f"/v/{trial_id}.pt"})
+            search.on_trial_complete(trial_id, None)
+        if batch and search.records and (not sizes or sizes[-1][0] != len(search.records)):
+            sizes.append((len(search.records), counter, len(pickle.dumps(search.get_state()))))
+    total_cpu = time.process_time() - started
+    print(f"population {population} x {generations} generations, {counter} trials, "
+          f"{search._events} events")
+    print(f"searcher CPU per event: {1000 * search.cpu_seconds_per_event:.3f} ms (bound: 1 ms); "
+          f"whole driver loop incl. summaries: {1000 * total_cpu / max(1, search._events):.3f} ms/event")
+    print(f"{'generations':>11} | {'trials':>6} | {'state bytes':>11} | {'bytes/trial':>11}")
+    for done, trials, size in sizes:
+        print(f"{done:>11} | {trials:>6} | {size:>11} | {size / trials:>11.0f}")
+    per_trial = [size / trials for _, trials, size in sizes]
+    print(f"bytes/trial, last over first: {per_trial[-1] / per_trial[0]:.2f} (1.0 = linear growth)")
+
+
+def tune_overhead(population: int, generations: int) -> None:
+    import ray
+    from ray import tune
+
+    def trivial(config):
+        for step in range(3):
+            tune.report({"acc": 0.5, "loss": 1.0, "prompt_text": config["prompt_init"], "step": step})
+
+    ray.init(include_dashboard=False, log_to_driver=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        search = LLMSearch(InstantLLM(), "Benchmark task.", ["seed prompt"], metric="acc", mode="max",
+                           population=population, generations=generations, log_dir=tmp)
+        t = time.time()
+        tune.run(trivial, config={}, search_alg=search, num_samples=search.total_trials, storage_path=tmp,
+                 name="overhead", verbose=0, resources_per_trial={"cpu": 1})
+        wall = time.time() - t
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    print(f"{search.total_trials} trivial trials on {cpus} CPUs in {wall:.1f}s: {wall / search.total_trials:.2f}s "
+          f"wall per trial, {wall * cpus / search.total_trials:.2f} CPU-seconds of overhead per trial; "
+          f"searcher CPU {1000 * search.cpu_seconds_per_event:.3f} ms/event")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--population", type=int, default=64)
+    p.add_argument("--generations", type=int, default=10)
+    p.add_argument("--results-per-trial", type=int, default=5)
+    p.add_argument("--tune", action="store_true", help="measure Tune's per-trial overhead with a real tune.run")
+    args = p.parse_args()
+    if args.tune:
+        tune_overhead(args.population, args.generations)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            drive(args.population, args.generations, args.results_per_trial, tmp)
+
+
+if __name__ == "__main__":
+    main()

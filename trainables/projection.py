@@ -1,0 +1,89 @@
+"""Nearest-token projection of prompt vectors, and prompt text to vectors.
+
+Unlike the MaaO authors' code, which took the *least* similar token under cosine, this picks the most
+similar token (highest cosine, or smallest L2 distance), never a special token.
+"""
+
+from __future__ import annotations
+
+import torch
+
+METRICS = ("cosine", "l2")
+
+
+def special_token_ids(tokenizer) -> list[int]:
+    """Ids a projection must never produce: [CLS], [SEP], [PAD], <s>, </s>, <|endoftext|>, unused slots."""
+    ids = set(getattr(tokenizer, "all_special_ids", []) or [])
+    vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else {}
+    for token, idx in vocab.items():
+        if token.startswith("[unused") or (token.startswith("<|") and token.endswith("|>")):
+            ids.add(idx)
+    return sorted(ids)
+
+
+def project_to_tokens(
+    vectors: torch.Tensor,
+    embedding: torch.Tensor,
+    metric: str = "cosine",
+    exclude_ids: list[int] | None = None,
+    chunk: int = 8192,
+) -> torch.Tensor:
+    """Index of the nearest vocabulary embedding for each prompt vector.
+
+    Args:
+        vectors: ``[L, D]`` prompt vectors.
+        embedding: ``[V, D]`` token embedding matrix.
+        metric: ``"cosine"`` (most similar) or ``"l2"`` (closest).
+        exclude_ids: token ids never chosen (special tokens).
+        chunk: vocabulary rows compared at a time, bounding memory for large vocabularies.
+
+    Returns:
+        ``[L]`` long tensor of token ids.
+    """
+    if metric not in METRICS:
+        raise ValueError(f"projection metric must be one of {METRICS}, got {metric!r}")
+    if vectors.dim() != 2 or embedding.dim() != 2 or vectors.shape[1] != embedding.shape[1]:
+        raise ValueError(f"need vectors [L, D] and embedding [V, D]; got {tuple(vectors.shape)} and "
+                         f"{tuple(embedding.shape)}")
+    v = vectors.detach().float()
+    best_score = torch.full((v.shape[0],), -float("inf"), device=v.device)
+    best_id = torch.zeros(v.shape[0], dtype=torch.long, device=v.device)
+    if metric == "cosine":
+        v = torch.nn.functional.normalize(v, dim=-1)
+    excluded = torch.zeros(embedding.shape[0], dtype=torch.bool, device=v.device)
+    if exclude_ids:
+        excluded[torch.as_tensor(exclude_ids, device=v.device)] = True
+    for start in range(0, embedding.shape[0], chunk):
+        e = embedding[start : start + chunk].detach().to(v.device, torch.float32)
+        if metric == "cosine":
+            score = v @ torch.nn.functional.normalize(e, dim=-1).T
+        else:
+            score = -torch.cdist(v, e)
+        score = score.masked_fill(excluded[start : start + chunk], -float("inf"))
+        value, index = score.max(dim=1)
+        better = value > best_score
+        best_score = torch.where(better, value, best_score)
+        best_id = torch.where(better, index + start, best_id)
+    return best_id
+
+
+def text_to_ids(text: str, tokenizer, length: int) -> list[int]:
+    """Token ids of ``text`` fitted to ``length``: truncated, or repeated cyclically when shorter (as PEFT's
+    text initialisation does), so every prompt vector starts at a real word."""
+    if length < 1:
+        raise ValueError(f"prompt length must be >= 1, got {length}")
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise ValueError(f"prompt text {text!r} has no tokens")
+    return [ids[i % len(ids)] for i in range(length)]
+
+
+def text_to_vectors(text: str, tokenizer, embedding: torch.Tensor, length: int) -> torch.Tensor:
+    """``[length, D]`` copy of the token embeddings of ``text`` (see ``text_to_ids``)."""
+    ids = torch.as_tensor(text_to_ids(text, tokenizer, length), device=embedding.device)
+    return embedding[ids].detach().clone().float()
+
+
+def ids_to_text(ids, tokenizer) -> str:
+    return tokenizer.decode([int(i) for i in ids], skip_special_tokens=True,
+                            clean_up_tokenization_spaces=True).strip()
