@@ -7,6 +7,8 @@ Direct mode feeds ``LLMSearch`` the events Tune would (suggest, 5 results and a 
 instant scripted LLM, and prints the searcher's CPU time per event and its saved state's size per
 generation (bytes per trial should stay flat: the state grows linearly). Tune mode runs a trainable that
 only reports, so wall time per trial is Tune's overhead.
+
+``drive`` and ``tune_overhead`` return their numbers as a dict (``tests/test_scale.py`` asserts on them).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from ray_llm_search import LLM, LLMSearch  # noqa: E402
 
 
 class InstantLLM(LLM):
+    """Answers at once with ``n`` fresh numbered candidates."""
+
     style = "chat"
 
     def propose(self, meta_prompt: str, n: int) -> list[str]:
@@ -32,13 +36,21 @@ class InstantLLM(LLM):
         return ["\n".join(f"{i + 1}. candidate {k}-{i} about news topics" for i in range(n))]
 
 
-def drive(population: int, generations: int, results_per_trial: int, log_dir: str) -> None:
+def drive(population: int, generations: int, results_per_trial: int, log_dir: str,
+          max_wait_s: float = 60.0) -> dict:
+    """Feed ``LLMSearch`` Tune's events for a whole search, one generation at a time.
+
+    Returns ``trials``, ``events``, ``llm_calls``, ``cpu_ms_per_event`` (the searcher's own thread time,
+    summaries and TensorBoard writes included), ``loop_ms_per_event`` (the whole driver loop) and
+    ``sizes``: ``(generations done, trials handed out, pickled state bytes)`` after each generation.
+    """
     search = LLMSearch(InstantLLM(), "Benchmark task.", ["seed prompt one", "seed prompt two"], metric="acc",
                        mode="max", population=population, generations=generations, elites=2, log_dir=log_dir)
     import tensorboardX  # noqa: F401  Tune's own TensorBoard logger imports it (and torch) at start-up anyway
 
     counter = 0
-    sizes = []
+    sizes: list[tuple[int, int, int]] = []
+    deadline = time.monotonic() + max_wait_s
     started = time.process_time()
     while True:
         batch = []
@@ -46,6 +58,8 @@ def drive(population: int, generations: int, results_per_trial: int, log_dir: st
             config = search.suggest(f"t{counter}")
             if config is None:
                 if not batch:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"no configs for {max_wait_s}s after {counter} trials")
                     time.sleep(0.001)  # the LLM thread is answering
                     continue
                 break
@@ -61,40 +75,74 @@ def drive(population: int, generations: int, results_per_trial: int, log_dir: st
                                                   "prompt_text": f"{config['prompt_init']} {step}", "step": step,
                                                   "vectors_path": f"/v/{trial_id}.pt"})
             search.on_trial_complete(trial_id, None)
-        if batch and search.records and (not sizes or sizes[-1][0] != len(search.records)):
+        if search.records and (not sizes or sizes[-1][0] != len(search.records)):
             sizes.append((len(search.records), counter, len(pickle.dumps(search.get_state()))))
     total_cpu = time.process_time() - started
-    print(f"population {population} x {generations} generations, {counter} trials, "
-          f"{search._events} events")
-    print(f"searcher CPU per event: {1000 * search.cpu_seconds_per_event:.3f} ms (bound: 1 ms); "
-          f"whole driver loop incl. summaries: {1000 * total_cpu / max(1, search._events):.3f} ms/event")
+    return {
+        "population": population,
+        "generations": generations,
+        "trials": counter,
+        "events": search._events,
+        "llm_calls": search.llm.usage["calls"],
+        "records": len(search.records),
+        "cpu_ms_per_event": 1000 * search.cpu_seconds_per_event,
+        "loop_ms_per_event": 1000 * total_cpu / max(1, search._events),
+        "sizes": sizes,
+    }
+
+
+def print_drive(r: dict) -> None:
+    print(f"population {r['population']} x {r['generations']} generations, {r['trials']} trials, "
+          f"{r['events']} events, {r['llm_calls']} LLM rounds")
+    print(f"searcher CPU per event: {r['cpu_ms_per_event']:.3f} ms (bound: 1 ms); "
+          f"whole driver loop incl. summaries: {r['loop_ms_per_event']:.3f} ms/event")
     print(f"{'generations':>11} | {'trials':>6} | {'state bytes':>11} | {'bytes/trial':>11}")
-    for done, trials, size in sizes:
+    for done, trials, size in r["sizes"]:
         print(f"{done:>11} | {trials:>6} | {size:>11} | {size / trials:>11.0f}")
-    per_trial = [size / trials for _, trials, size in sizes]
+    per_trial = [size / trials for _, trials, size in r["sizes"]]
     print(f"bytes/trial, last over first: {per_trial[-1] / per_trial[0]:.2f} (1.0 = linear growth)")
 
 
-def tune_overhead(population: int, generations: int) -> None:
+def tune_overhead(population: int, generations: int, results_per_trial: int = 3) -> dict:
+    """A real ``tune.run`` of a trainable that only reports; returns wall and overhead per trial."""
     import ray
     from ray import tune
 
     def trivial(config):
-        for step in range(3):
+        for step in range(results_per_trial):
             tune.report({"acc": 0.5, "loss": 1.0, "prompt_text": config["prompt_init"], "step": step})
 
-    ray.init(include_dashboard=False, log_to_driver=False)
-    with tempfile.TemporaryDirectory() as tmp:
-        search = LLMSearch(InstantLLM(), "Benchmark task.", ["seed prompt"], metric="acc", mode="max",
-                           population=population, generations=generations, log_dir=tmp)
-        t = time.time()
-        tune.run(trivial, config={}, search_alg=search, num_samples=search.total_trials, storage_path=tmp,
-                 name="overhead", verbose=0, resources_per_trial={"cpu": 1})
-        wall = time.time() - t
-    cpus = int(ray.cluster_resources().get("CPU", 1))
-    print(f"{search.total_trials} trivial trials on {cpus} CPUs in {wall:.1f}s: {wall / search.total_trials:.2f}s "
-          f"wall per trial, {wall * cpus / search.total_trials:.2f} CPU-seconds of overhead per trial; "
-          f"searcher CPU {1000 * search.cpu_seconds_per_event:.3f} ms/event")
+    ray.init(include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            search = LLMSearch(InstantLLM(), "Benchmark task.", ["seed prompt"], metric="acc", mode="max",
+                               population=population, generations=generations, log_dir=tmp)
+            t = time.time()
+            analysis = tune.run(trivial, config={}, search_alg=search, num_samples=search.total_trials,
+                                storage_path=tmp, name="overhead", verbose=0, resources_per_trial={"cpu": 1})
+            wall = time.time() - t
+            trial_s = sum(tr.last_result.get("time_total_s", 0.0) for tr in analysis.trials if tr.last_result)
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+    finally:
+        ray.shutdown()
+    n = search.total_trials
+    return {
+        "trials": n,
+        "cpus": cpus,
+        "wall_s": wall,
+        "wall_s_per_trial": wall / n,
+        "cpu_s_overhead_per_trial": wall * cpus / n,
+        "trainable_s_per_trial": trial_s / n,
+        "records": len(search.records),
+        "cpu_ms_per_event": 1000 * search.cpu_seconds_per_event,
+    }
+
+
+def print_tune(r: dict) -> None:
+    print(f"{r['trials']} trivial trials on {r['cpus']} CPUs in {r['wall_s']:.1f}s: {r['wall_s_per_trial']:.2f}s "
+          f"wall per trial, {r['cpu_s_overhead_per_trial']:.2f} CPU-seconds of overhead per trial "
+          f"(the trainable's own time: {r['trainable_s_per_trial']:.3f}s per trial); "
+          f"searcher CPU {r['cpu_ms_per_event']:.3f} ms/event")
 
 
 def main() -> None:
@@ -105,10 +153,10 @@ def main() -> None:
     p.add_argument("--tune", action="store_true", help="measure Tune's per-trial overhead with a real tune.run")
     args = p.parse_args()
     if args.tune:
-        tune_overhead(args.population, args.generations)
+        print_tune(tune_overhead(args.population, args.generations))
     else:
         with tempfile.TemporaryDirectory() as tmp:
-            drive(args.population, args.generations, args.results_per_trial, tmp)
+            print_drive(drive(args.population, args.generations, args.results_per_trial, tmp))
 
 
 if __name__ == "__main__":

@@ -86,8 +86,10 @@ def main(argv=None) -> dict:
         llm, TASK, SEEDS, metric="val_acc", mode="max", population=args.population, generations=args.generations,
         elites=args.elites, max_prompt_words=12, seed=args.seed, log_dir=experiment,
     )
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
-             ignore_reinit_error=True)
+    if os.environ.get("RAY_ADDRESS"):  # submitted as a Ray job, or pointed at a running cluster
+        ray.init(log_to_driver=False, ignore_reinit_error=True)
+    else:
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
     tune_started = time.time()
     analysis = tune.run(
         train_text_prompt,

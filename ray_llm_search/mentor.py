@@ -41,7 +41,10 @@ _SCORE_SUFFIX = re.compile(r"\s*[\(\[]?\s*(?:score|accuracy|acc|loss|val_\w+)\s*
 # Lines that talk about prompts instead of being one.
 _CHATTER = re.compile(
     r"^(?:here\s+(?:are|is)|sure|certainly|of course|okay|ok\b|i\s|i'm|as an ai|note\b|these\s|the following|"
-    r"below|new prompts?\b|prompts?\s*:|task\s*:|step\s+\d+\b|trajectory\s+\d+)",
+    r"below|new prompts?\b|prompts?\s*:|task\s*:|step\s+\d+\b|trajectory\s+\d+|"
+    # advice to the prompt writer rather than a prompt
+    r"try\s|you\s+(?:should|could|can|might|may|need)\b|consider\s|make\s+sure|remember\b|avoid\s|"
+    r"maybe\s|perhaps\s|it\s+(?:is|would\s+be)\s+(?:better|best|helpful)|instead\b|use\s+(?:shorter|longer|more|fewer)\b)",
     re.IGNORECASE,
 )
 

@@ -4,6 +4,10 @@ Each Tune trial is one gradient phase. A generation is ``population`` phases; wh
 finished (or errored, or were stopped by a scheduler), the best trajectories go to the LLM in a
 background thread, and the next generation is the elites (resumed from their exact vectors) plus the
 LLM's new prompts, topped up from the pool if the LLM gives too few or fails.
+
+Crash safety: the state Tune saves with the experiment is plain data; every LLM answer is also journaled in
+``<log_dir>/llm_rounds.jsonl`` as it arrives, so that a search restored from a state saved before the answer
+replays it instead of asking again, and a generation recorded again after a restore replaces its record.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import os
 import pickle
 import random
 import time
+import uuid
 from collections import Counter
 from datetime import datetime, timezone
 from typing import Any
@@ -22,13 +27,15 @@ from typing import Any
 from ray.tune.search import Searcher
 
 from ray_llm_search.llm.base import LLM, LLMError
-from ray_llm_search.mentor import Mentor
+from ray_llm_search.mentor import Mentor, Parsed
 from ray_llm_search.pool import Evaluation, PromptPool, Trajectory, normalize
-from ray_llm_search.tensorboard import GenerationLog
+from ray_llm_search.tensorboard import GenerationLog, append_journal, read_journal
 
 logger = logging.getLogger(__name__)
 
 _STATE_VERSION = 1
+# First wait before asking again after a reply with no usable prompt; doubles per further ask, at most 30 s.
+REASK_BACKOFF_S = 1.0
 # Keys the searcher adds to each trial's config (DESIGN.md, first contract table).
 CONFIG_KEYS = ("prompt_init", "resume_from", "generation", "origin", "phase_seed", "vector_dir")
 
@@ -51,7 +58,10 @@ class LLMSearch(Searcher):
         log_dir: where generation summaries, TensorBoard events, ``best.json`` and the prompt vectors go;
             default ``~/ray_results/llm_search/<UTC time>``. On a multi-node cluster it must be a path all
             nodes share, like Tune's ``storage_path``.
-        llm_timeout_s: a round that takes longer is abandoned and filled from the pool.
+        llm_timeout_s: a round that takes longer (all its asks together) is abandoned and filled from the pool.
+        llm_reasks: when a reply holds no usable prompt (empty, chatter, overlong, or only prompts already
+            tried), ask again up to this many times, after 1 s, 2 s, ... (``REASK_BACKOFF_S``), within
+            ``llm_timeout_s``; transport faults are retried by the LLM client itself (``OpenAIChat(retries=)``).
         meta_prompt_style: ``"chat"`` or ``"completion"``; default: the LLM's ``style``.
 
     Example:
@@ -77,6 +87,7 @@ class LLMSearch(Searcher):
         log_dir: str | None = None,
         llm_timeout_s: float = 900.0,
         meta_prompt_style: str | None = None,
+        llm_reasks: int = 0,
     ) -> None:
         if mode is not None and mode not in ("max", "min"):
             raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
@@ -103,8 +114,15 @@ class LLMSearch(Searcher):
             raise ValueError(f"candidates_per_round must be an integer >= 1, got {candidates_per_round!r}")
         if not isinstance(max_prompt_words, int) or max_prompt_words < 1:
             raise ValueError(f"max_prompt_words must be an integer >= 1, got {max_prompt_words!r}")
-        if llm_timeout_s <= 0:
-            raise ValueError(f"llm_timeout_s must be > 0, got {llm_timeout_s}")
+        if not isinstance(llm_timeout_s, (int, float)) or not llm_timeout_s > 0:
+            raise ValueError(f"llm_timeout_s must be a number of seconds > 0, got {llm_timeout_s!r}")
+        if isinstance(llm_reasks, bool) or not isinstance(llm_reasks, int) or llm_reasks < 0:
+            raise ValueError(f"llm_reasks must be an integer >= 0, got {llm_reasks!r}")
+        if log_dir is not None and (not isinstance(log_dir, str) or "://" in log_dir):
+            raise ValueError(
+                f"log_dir must be a filesystem path (on a cluster: a shared mount every node sees), got {log_dir!r}; "
+                "a URI such as s3://... belongs in Tune's storage_path"
+            )
         style = meta_prompt_style or getattr(llm, "style", "chat")
         if style not in ("chat", "completion"):
             raise ValueError(f"meta_prompt_style must be 'chat' or 'completion', got {style!r}")
@@ -122,8 +140,12 @@ class LLMSearch(Searcher):
         stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d_%H-%M-%S")
         self.log_dir = os.path.abspath(os.path.expanduser(log_dir or f"~/ray_results/llm_search/{stamp}"))
         self.llm_timeout_s = llm_timeout_s
+        self.llm_reasks = llm_reasks
         self.meta_prompt_style = style
         self._reset_state()
+        # This object's own id (a pickled copy gets a new one): a restore replays only the journaled answers of
+        # the object that saved the state, never those a copy of it asked for on its own.
+        self._incarnation = uuid.uuid4().hex[:12]
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._future: concurrent.futures.Future | None = None
         self._log: GenerationLog | None = None
@@ -141,6 +163,11 @@ class LLMSearch(Searcher):
         self._rng = random.Random(self.seed)
         self._cpu_s = 0.0
         self._events = 0
+        # Names this search in generations.jsonl and the LLM journal, so that a restored search recognises its
+        # own records in a log_dir that other searches may share.
+        self._search_id = uuid.uuid4().hex[:16]
+        self._restored = False  # set by set_state: consult the LLM journal before asking
+        self._replay_from: str | None = None  # the incarnation whose journaled answers a restore replays
 
     @property
     def total_trials(self) -> int:
@@ -167,6 +194,8 @@ class LLMSearch(Searcher):
             "records": self._records,
             "rng": self._rng.getstate(),
             "log_dir": self.log_dir,
+            "search_id": self._search_id,
+            "incarnation": self._incarnation,
         }
 
     def set_state(self, state: dict) -> None:
@@ -183,8 +212,17 @@ class LLMSearch(Searcher):
         self._rng = random.Random()
         self._rng.setstate(state["rng"])
         self.log_dir = state["log_dir"]
+        self._search_id = state.get("search_id") or self._search_id
         self._future = None
-        # A round that was still running when the state was saved is asked again; finished rounds are not.
+        self._restored = True
+        self._replay_from = state.get("incarnation")
+        # A crashed driver may have written generations past this state: they are written again, replacing
+        # their lines in generations.jsonl and (see GenerationLog) their TensorBoard points.
+        if self._log is not None:
+            self._log.close()
+        self._log = None
+        # A round still running when the state was saved is asked again, unless the crashed run journaled its
+        # answer (see _ask); finished rounds are never asked again.
         pending = self._rounds.get(self._generation)
         if pending is not None and pending.get("status") == "pending":
             self._start_round(self._generation)
@@ -207,13 +245,31 @@ class LLMSearch(Searcher):
         state["_log"] = None
         return state
 
+    def __setstate__(self, state: dict) -> None:
+        # Defaults for what an LLMSearch pickled by an older version (a tuner.pkl) lacks.
+        self.__dict__.update({"llm_reasks": 0, "_restored": False, "_replay_from": None,
+                              "_search_id": uuid.uuid4().hex[:16]})
+        self.__dict__.update(state)
+        self._incarnation = uuid.uuid4().hex[:12]
+
     # -- Tune's interface ---------------------------------------------------------------------------------
 
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec) -> bool:
         if self._metric and metric and self._metric != metric or self._mode and mode and self._mode != mode:
-            return False
+            # Tune would carry on with the searcher's own metric and rank trials by the other one.
+            raise ValueError(
+                f"LLMSearch was made with metric={self._metric!r}, mode={self._mode!r}, but Tune was given "
+                f"metric={metric!r}, mode={mode!r}; pass them in one place (LLMSearch(...) or tune.run/TuneConfig), "
+                "or the same in both"
+            )
         if mode is not None and mode not in ("max", "min"):
             raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+        num_samples = spec.get("num_samples")
+        if isinstance(num_samples, int) and 0 <= num_samples < self.total_trials:
+            raise ValueError(
+                f"num_samples={num_samples} is fewer than the {self.total_trials} trials this search makes: its last "
+                "generation would never complete (no best.json); pass num_samples=search.total_trials"
+            )
         self._metric = self._metric or metric
         self._mode = self._mode or mode
         self._pool.mode = self._mode or "max"
@@ -331,8 +387,15 @@ class LLMSearch(Searcher):
         members = [t for t in self._pool.trajectories.values() if t.generation == generation]
         if any(t.status == "running" for t in members):
             return
-        self._write_record(generation, members)
-        nxt = generation + 1
+        # Every seed phase failing before its first report is a bad config, data spec or model, not bad luck:
+        # more generations (and LLM rounds over nothing) would fail the same way.
+        stopped = None
+        if generation == 0 and all(t.status == "error" and not t.evaluations for t in members):
+            stopped = "every phase of generation 0 failed before reporting"
+            logger.error("LLMSearch stops: %s; Tune's error.txt of any trial says why (a bad config or data spec "
+                         "is the usual cause)", stopped)
+        self._write_record(generation, members, stopped)
+        nxt = self.generations if stopped else generation + 1
         self._generation = nxt
         if nxt >= self.generations:
             self._finish()
@@ -361,12 +424,55 @@ class LLMSearch(Searcher):
             "status": "pending",
             "meta_prompt": meta_prompt,
             "started": time.time(),
+            "attempt": 0,
+            "replies": [],
+            "candidates": [],
+            "rejected": {},
+            "faults_before": dict(getattr(self.llm, "faults", {}) or {}),
         }
+        self._ask(generation)
+
+    def _ask(self, generation: int, delay_s: float = 0.0) -> None:
+        """Hand the round's current ask to the background thread, or, in a restored search, replay the answer
+        that the crashed driver journaled, so that the LLM is not asked twice for the same round."""
+        info = self._rounds[generation]
+        attempt = info["attempt"]
+        entry = None
+        if self._restored and self._replay_from:
+            entry = read_journal(self.log_dir, self._search_id, self._replay_from).get((generation, attempt))
+        if entry is not None:
+            logger.info("LLM round %d (ask %d): replaying the answer journaled before the restore", generation,
+                        attempt + 1)
+            self._future = concurrent.futures.Future()
+            if entry.get("error"):
+                self._future.set_exception(LLMError(entry["error"], entry.get("message") or "journaled failure"))
+            else:
+                self._future.set_result(list(entry.get("replies") or []))
+            info["replayed"] = info.get("replayed", 0) + 1
+            return
         if self._executor is None:
             self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="llm-search")
-        faults_before = dict(getattr(self.llm, "faults", {}) or {})
-        self._rounds[generation]["faults_before"] = faults_before
-        self._future = self._executor.submit(self.llm.propose, meta_prompt, self.candidates_per_round)
+        self._future = self._executor.submit(self._call_llm, generation, attempt, info["meta_prompt"],
+                                             self.candidates_per_round, delay_s)
+
+    def _call_llm(self, generation: int, attempt: int, meta_prompt: str, n: int, delay_s: float) -> list[str]:
+        """Runs in the background thread: one ask, its outcome journaled before the searcher sees it."""
+        if delay_s > 0:
+            time.sleep(delay_s)
+        entry = {"search_id": self._search_id, "incarnation": self._incarnation, "generation": generation,
+                 "attempt": attempt}
+        try:
+            result = self.llm.propose(meta_prompt, n)
+            # A bare string is one reply; iterating it would make every character a candidate.
+            replies = [result] if isinstance(result, str) else [r for r in result if isinstance(r, str)]
+        except LLMError as e:
+            append_journal(self.log_dir, {**entry, "error": e.kind, "message": str(e)[:300]})
+            raise
+        except Exception as e:
+            append_journal(self.log_dir, {**entry, "error": type(e).__name__, "message": str(e)[:300]})
+            raise
+        append_journal(self.log_dir, {**entry, "replies": replies})
+        return replies
 
     def _poll_round(self) -> None:
         generation = self._generation
@@ -390,40 +496,54 @@ class LLMSearch(Searcher):
             self._executor = None
         else:
             try:
-                result = self._future.result()
-                # A bare string is one reply; iterating it would make every character a candidate.
-                replies = [result] if isinstance(result, str) else [r for r in result if isinstance(r, str)]
+                replies = self._future.result()
             except LLMError as e:
                 error = e.kind
                 logger.warning("LLM round %d failed (%s); filling from the pool", generation, e)
             except Exception as e:  # any bug or fault in a user's LLM must not end the search
                 error = type(e).__name__
                 logger.exception("LLM round %d raised; filling from the pool", generation)
+        # A failed ask has no reply to reject: its faults are counted by kind instead.
+        parsed = Parsed() if error else self.mentor.parse(replies, self.candidates_per_round,
+                                                          seen=lambda t: not self._pool.is_new(t))
+        info["replies"] = info.get("replies", []) + [r[:4000] for r in replies]
+        info["candidates"] = info.get("candidates", []) + parsed.candidates
+        info["rejected"] = dict(Counter(info.get("rejected") or {}) + parsed.rejected)
+        attempt = info.get("attempt", 0)
+        delay = min(30.0, REASK_BACKOFF_S * 2**attempt)
+        if error is None and not info["candidates"] and attempt < self.llm_reasks:
+            if elapsed + delay < self.llm_timeout_s:
+                info["attempt"] = attempt + 1
+                logger.warning("LLM round %d: no usable prompt in its reply (rejected %s); asking again in %.1fs",
+                               generation, dict(parsed.rejected), delay)
+                self._ask(generation, delay)
+                return
         faults = Counter(getattr(self.llm, "faults", {}) or {})
         faults.subtract(info.pop("faults_before", {}))
         if error == "timeout":
             faults["round_timeout"] += 1
         needed = self._sizes[generation] - self._handed[generation] - len(self._queue)
-        parsed = self.mentor.parse(replies, self.candidates_per_round, seen=lambda t: not self._pool.is_new(t))
-        candidates = parsed.candidates[: max(0, needed)]
+        candidates = info["candidates"][: max(0, needed)]
         specs = [self._spec(text, generation, "llm") for text in candidates]
         # Queued elites have not started yet, so the pool would not know their texts are taken.
         taken = {normalize(c) for c in candidates} | {normalize(s["prompt_init"]) for s in self._queue}
         fill = self._fill(max(0, needed - len(specs)), taken)
         specs += [self._spec(text, generation, "pool") for text in fill]
         self._queue.extend(specs)
+        faults = {k: v for k, v in faults.items() if v > 0}
         info.update(
             status="done" if error is None else "failed",
             error=error,
             seconds=round(elapsed, 3),
-            replies=[r[:4000] for r in replies],
+            asks=info.pop("attempt", 0) + 1,
             candidates=candidates,
             filled=fill,
-            rejected=dict(parsed.rejected),
-            faults={k: v for k, v in faults.items() if v > 0},
+            faults=faults,
         )
-        logger.info("generation %d: %d LLM candidates, %d from the pool, rejected %s", generation,
-                    len(candidates), len(fill), dict(parsed.rejected))
+        log = logger.warning if error or faults or not candidates else logger.info
+        log("generation %d: LLM round %s after %d ask(s) in %.1fs: %d candidates, %d from the pool; faults %s, "
+            "rejected %s", generation, "failed (" + error + ")" if error else "done", info["asks"], elapsed,
+            len(candidates), len(fill), faults, info["rejected"])
 
     def _fill(self, n: int, exclude: set[str]) -> list[str]:
         """Top-up when the LLM gives too few: unstarted projections of the best phases, then unused seeds,
@@ -437,12 +557,13 @@ class LLMSearch(Searcher):
             texts.append(ranked[len(texts) % len(ranked)])
         return texts[:n]
 
-    def _write_record(self, generation: int, members: list[Trajectory]) -> None:
+    def _write_record(self, generation: int, members: list[Trajectory], stopped: str | None = None) -> None:
         scores = [s for s in (self._pool.score(t) for t in members) if s is not None]
         best = self._pool.ranked(generation)
         overall = self._pool.best()
         info = self._rounds.get(generation, {})
         record = {
+            "search_id": self._search_id,
             "generation": generation,
             "trials": len(members),
             "errored": sum(t.status == "error" for t in members),
@@ -453,9 +574,11 @@ class LLMSearch(Searcher):
             "best_start": best[0].prompt_init if best else None,
             "best_so_far": overall.best(self._mode).metric if overall else None,
             "starts": [t.prompt_init for t in members],
-            "llm": {k: info.get(k) for k in ("status", "error", "seconds", "meta_prompt", "replies", "candidates",
-                                              "filled", "rejected", "faults") if k in info} or None,
+            "llm": {k: info.get(k) for k in ("status", "error", "seconds", "asks", "meta_prompt", "replies",
+                                              "candidates", "filled", "rejected", "faults") if k in info} or None,
         }
+        if stopped:
+            record["stopped"] = stopped
         self._records.append(record)
         try:
             self._logger().write_generation(record, self._metric)

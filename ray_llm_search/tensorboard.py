@@ -9,56 +9,80 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 
 logger = logging.getLogger(__name__)
 
 SUMMARY_FILE = "generations.jsonl"
 BEST_FILE = "best.json"
+# Every LLM answer (or failure) as it arrives, so that a search restored after a driver crash replays the rounds
+# the crashed driver had already paid for instead of asking again.
+JOURNAL_FILE = "llm_rounds.jsonl"
+_MAX_JOURNALED_CHARS = 20_000  # per reply
 
 
 class GenerationLog:
-    """Appends one record per generation and mirrors it into TensorBoard (tensorboardX, no torch)."""
+    """One record per generation in ``generations.jsonl``, mirrored into TensorBoard (tensorboardX, no torch).
+
+    A record is keyed by ``(search_id, generation)``: writing one again (a search restored from a state saved
+    before the record was first written) replaces the old line instead of adding a second one.
+
+    Each generation gets its own event file, closed (so on disk) before ``write_generation`` returns: a driver
+    killed later loses nothing. The file starts a TensorBoard session at the generation's step
+    (``SessionLog.START``, tensorboardX's ``purge_step``), which TensorBoard reads as a restart: it drops what
+    earlier files hold from that step on, i.e. what a crashed driver wrote past the state a search was restored
+    from. In one uninterrupted run there is nothing later to drop.
+    """
 
     def __init__(self, log_dir: str) -> None:
         self.log_dir = log_dir
-        self._writer = None
+        self._tensorboard: bool | None = None
 
-    def _tb(self):
-        if self._writer is None:
+    def _writer(self, generation: int, search_id: str | None):
+        if self._tensorboard is None:
             try:
-                from tensorboardX import SummaryWriter
+                import tensorboardX  # noqa: F401
             except ImportError:  # TensorBoard is optional for the search itself
                 logger.warning("tensorboardX is not installed; generation records go to %s only", SUMMARY_FILE)
-                self._writer = False
+                self._tensorboard = False
             else:
-                self._writer = SummaryWriter(os.path.join(self.log_dir, "llm_search"), flush_secs=5)
-        return self._writer or None
+                self._tensorboard = True
+        if not self._tensorboard:
+            return None
+        from tensorboardX import SummaryWriter
+
+        # File names sort by creation second, then by this suffix: generations of one run stay in order.
+        suffix = f".{search_id or 'search'}.g{generation:06d}"
+        return SummaryWriter(os.path.join(self.log_dir, "llm_search"), purge_step=generation, filename_suffix=suffix)
 
     def write_generation(self, record: dict, metric: str) -> None:
-        os.makedirs(self.log_dir, exist_ok=True)
-        with open(os.path.join(self.log_dir, SUMMARY_FILE), "a", encoding="utf-8") as f:
-            f.write(json.dumps(record, sort_keys=True) + "\n")
-        tb = self._tb()
+        _write_keyed(os.path.join(self.log_dir, SUMMARY_FILE), record)
+        g = record["generation"]
+        tb = self._writer(g, record.get("search_id"))
         if tb is None:
             return
-        g = record["generation"]
-        for key in ("best_metric", "mean_metric", "best_so_far"):
-            if record.get(key) is not None:
-                tb.add_scalar(f"llm_search/{key.replace('metric', metric)}", record[key], g)
-        llm = record.get("llm") or {}
-        for kind, count in (llm.get("faults") or {}).items():
-            tb.add_scalar(f"llm_search/faults/{kind}", count, g)
-        for reason, count in (llm.get("rejected") or {}).items():
-            tb.add_scalar(f"llm_search/rejected/{reason}", count, g)
-        if llm.get("seconds") is not None:
-            tb.add_scalar("llm_search/llm_seconds", llm["seconds"], g)
-        tb.add_text("llm_search/best_prompt", _md(record.get("best_prompt") or ""), g)
-        if llm.get("meta_prompt"):
-            tb.add_text("llm_search/meta_prompt", _md(llm["meta_prompt"]), g)
-        if llm.get("replies") is not None:
-            tb.add_text("llm_search/reply", _md("\n---\n".join(llm["replies"]) or "(empty)"), g)
-        tb.add_text("llm_search/candidates", _md("\n".join(llm.get("candidates") or []) or "(none)"), g)
-        tb.flush()
+        try:
+            for key in ("best_metric", "mean_metric", "best_so_far"):
+                if record.get(key) is not None:
+                    tb.add_scalar(f"llm_search/{key.replace('metric', metric)}", record[key], g)
+            llm = record.get("llm") or {}
+            for kind, count in (llm.get("faults") or {}).items():
+                tb.add_scalar(f"llm_search/faults/{kind}", count, g)
+            for reason, count in (llm.get("rejected") or {}).items():
+                tb.add_scalar(f"llm_search/rejected/{reason}", count, g)
+            if llm.get("seconds") is not None:
+                tb.add_scalar("llm_search/llm_seconds", llm["seconds"], g)
+            tb.add_scalar("llm_search/errored_trials", record.get("errored") or 0, g)
+            tb.add_text("llm_search/best_prompt", _md(record.get("best_prompt") or ""), g)
+            if llm.get("meta_prompt"):
+                tb.add_text("llm_search/meta_prompt", _md(llm["meta_prompt"]), g)
+            if llm.get("replies") is not None:
+                tb.add_text("llm_search/reply", _md("\n---\n".join(llm["replies"]) or "(empty)"), g)
+            if llm:  # generation 0 has no LLM round
+                tb.add_text("llm_search/candidates", _md("\n".join(llm.get("candidates") or []) or "(none)"), g)
+                tb.add_text("llm_search/filled", _md("\n".join(llm.get("filled") or []) or "(none)"), g)
+        finally:
+            tb.close()  # drains tensorboardX's writer thread: flush() alone leaves queued events in memory
 
     def write_best(self, best: dict) -> None:
         os.makedirs(self.log_dir, exist_ok=True)
@@ -68,9 +92,75 @@ class GenerationLog:
         os.replace(tmp, os.path.join(self.log_dir, BEST_FILE))
 
     def close(self) -> None:
-        if self._writer:
-            self._writer.close()
-        self._writer = None
+        """Nothing stays open between generations; kept for callers that close the log at the end."""
+
+
+def _key(record: dict) -> tuple:
+    return record.get("search_id"), record.get("generation")
+
+
+def _write_keyed(path: str, record: dict) -> None:
+    """Append ``record`` as a JSON line, or replace the line with the same key (written before a crash)."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    line = json.dumps(record, sort_keys=True) + "\n"
+    lines: list[str] = []
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            lines = f.readlines()
+    kept = [old for old in lines if not _same_key(old, record)]
+    if len(kept) == len(lines):
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(line)
+        return
+    logger.info("generation %s was written before a restore; replacing its line in %s", record.get("generation"),
+                path)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(kept + [line])
+    os.replace(tmp, path)
+
+
+def _same_key(line: str, record: dict) -> bool:
+    try:
+        return _key(json.loads(line)) == _key(record)
+    except (ValueError, AttributeError):
+        return False
+
+
+def append_journal(log_dir: str, entry: dict) -> None:
+    """Journal one LLM answer (``replies``) or failure (``error``, ``message``), stamped with the time; never
+    raises."""
+    entry = {**entry, "time": time.time()}
+    if "replies" in entry:
+        entry["replies"] = [r[:_MAX_JOURNALED_CHARS] for r in entry["replies"]]
+    try:
+        os.makedirs(log_dir, exist_ok=True)
+        with open(os.path.join(log_dir, JOURNAL_FILE), "a", encoding="utf-8") as f:
+            f.write(json.dumps(entry, sort_keys=True) + "\n")
+    except (OSError, TypeError, ValueError):
+        logger.exception("could not journal an LLM answer in %s", log_dir)
+
+
+def read_journal(log_dir: str, search_id: str, incarnation: str | None = None) -> dict[tuple[int, int], dict]:
+    """``{(generation, ask): entry}`` of one search's journaled LLM answers, only those asked by ``incarnation``
+    (the searcher object that saved the state being restored) if given; the first entry per key wins."""
+    path = os.path.join(log_dir, JOURNAL_FILE)
+    out: dict[tuple[int, int], dict] = {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    entry = json.loads(line)
+                except ValueError:  # a line cut short by the crash
+                    continue
+                if (isinstance(entry, dict) and entry.get("search_id") == search_id
+                        and (incarnation is None or entry.get("incarnation") == incarnation)):
+                    out.setdefault((entry.get("generation"), entry.get("attempt")), entry)
+    except FileNotFoundError:
+        pass
+    except OSError:
+        logger.exception("could not read the LLM journal %s", path)
+    return out
 
 
 def _md(text: str) -> str:

@@ -252,6 +252,11 @@ def test_parse_json_and_code_fence_reply(mentor):
         "{",
         '{"prompts": ["a b", "c d"]}',
         '["first", "second"]',
+        "Try mentioning the category names.",
+        "You should use shorter prompts.",
+        "Consider adding the headline",
+        "Use shorter prompts",
+        "Make sure each prompt names the topic",
     ],
 )
 def test_parse_rejects_chatter(mentor, line):
@@ -421,3 +426,8 @@ def test_parse_never_returns_more_than_n_or_invalid(mentor):
     for candidate in parsed.candidates:
         assert candidate.isprintable()
         assert len(candidate) <= 60 and len(candidate.split()) <= 8
+
+
+def test_imperative_prompts_for_the_classifier_are_kept(mentor):
+    parsed = mentor.parse(["1. classify the article by topic", "2. decide the category of this news"], n=5)
+    assert parsed.candidates == ["classify the article by topic", "decide the category of this news"]

@@ -70,6 +70,28 @@ def save_vectors(path: str, prompt: torch.Tensor, extra: dict, identity: dict, *
     os.replace(tmp, path)
 
 
+def check_config(config: dict) -> dict:
+    """The phase keys of ``config`` with their defaults, validated; raises ``ValueError`` naming a bad value.
+
+    Cheap and model-free: a trainable calls it before loading its model, so that a typo fails in a second.
+    """
+    cfg = {**PHASE_DEFAULTS, **{k: v for k, v in config.items() if k in PHASE_DEFAULTS}}
+    try:
+        steps, eval_every, batch_size = int(cfg["steps"]), int(cfg["eval_every"]), int(cfg["batch_size"])
+        lr, weight_decay = float(cfg["lr"]), float(cfg["weight_decay"])
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"steps, eval_every, batch_size must be integers and lr, weight_decay numbers; got "
+                         f"{[cfg[k] for k in ('steps', 'eval_every', 'batch_size', 'lr', 'weight_decay')]}") from e
+    if steps < 0 or eval_every < 1 or batch_size < 1:
+        raise ValueError(f"need steps >= 0, eval_every >= 1, batch_size >= 1; got {steps}, {eval_every}, {batch_size}")
+    if not (lr > 0 and math.isfinite(lr)) or not weight_decay >= 0:
+        raise ValueError(f"need lr > 0 and weight_decay >= 0; got {cfg['lr']}, {cfg['weight_decay']}")
+    if cfg["optimizer"] not in ("adamw", "sgd"):
+        raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {cfg['optimizer']!r}")
+    return {**cfg, "steps": steps, "eval_every": eval_every, "batch_size": batch_size, "lr": lr,
+            "weight_decay": weight_decay}
+
+
 def _make_optimizer(name: str, params: list, lr: float, weight_decay: float) -> torch.optim.Optimizer:
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
@@ -89,10 +111,8 @@ def run_phase(config: dict, model, train: list, val: list,
         train, val: examples; the phase never sees a test split.
         report: ``report(metrics, checkpoint_dir)``; default ``ray.tune.report`` inside Tune, else nothing.
     """
-    cfg = {**PHASE_DEFAULTS, **{k: v for k, v in config.items() if k in PHASE_DEFAULTS}}
-    steps, eval_every, batch_size = int(cfg["steps"]), int(cfg["eval_every"]), int(cfg["batch_size"])
-    if steps < 0 or eval_every < 1 or batch_size < 1:
-        raise ValueError(f"need steps >= 0, eval_every >= 1, batch_size >= 1; got {steps}, {eval_every}, {batch_size}")
+    cfg = check_config(config)
+    steps, eval_every, batch_size = cfg["steps"], cfg["eval_every"], cfg["batch_size"]
     if not train or not val:
         raise ValueError(f"a phase needs training and validation examples; got {len(train)} and {len(val)}")
     in_tune = _in_tune()

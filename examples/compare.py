@@ -1,0 +1,555 @@
+"""Does the LLM + gradient combination beat gradient descent alone, at equal budget? Three arms, same seeds.
+
+Each arm runs ``G`` generations of ``P`` Tune trials on the same data splits (fixed by the run seed):
+
+| arm | what a trial does | gradient steps | evaluations | LLM calls |
+|---|---|---|---|---|
+| ``gradient`` | ``P`` chains: generation 0 starts from the seed prompts, each later phase continues its own chain from that chain's best vectors so far (no LLM) | ``G*P*K`` | ``G*P*E`` | 0 |
+| ``llm`` | OPRO-style: ``P*E`` prompts per generation evaluated as text, no gradient step (``steps=0``); the LLM proposes all ``P*E`` of the next generation | 0 | ``G*P*E`` | ``G-1`` |
+| ``llm+gradient`` | ``LLMSearch``: ``P`` phases of ``K`` steps per generation; 1 elite resumes from its vectors, the LLM proposes the other ``P-1`` | ``G*P*K`` | ``G*P*E`` | ``G-1`` |
+
+``K`` = ``--steps`` per phase, ``E = K / eval_every + 1`` evaluations per phase (a phase also evaluates its
+start). Generation 0 of ``gradient`` and ``llm+gradient`` is the same set of trials (same starts, same phase
+seeds), so the arms differ only in what starts the later phases: the chain's own vectors, or the LLM's
+prompts plus one elite. After the search, the arm's best phase (highest validation accuracy, ties: lower
+validation loss) is evaluated once on the test split. Each arm's steps and evaluations are counted from
+what its trials reported and checked against the budget; a mismatch stops the run.
+
+    python examples/compare.py --datasets sst2 --seeds 0 1 2 --test-size 1000   # examples/RESULTS.md
+    python examples/compare.py --datasets sst2 trec ag_news rte --seeds 0 1 2
+    python examples/compare.py --replot                                       # table + plot from results.json
+
+Writes to ``--out`` (default ``examples/results``): ``results.json`` (every run, merged across invocations;
+runs already there are skipped unless ``--force``), ``RESULTS_TABLE.md``, ``curves_<dataset>.png`` and
+TensorBoard runs of best-so-far validation accuracy per arm under ``tensorboard/``; Tune's own per-trial
+logs and the searcher's TensorBoard go under ``--storage``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import random
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from ray.tune import Callback  # noqa: E402
+from ray.tune.search import Searcher  # noqa: E402
+
+ARMS = ("gradient", "llm", "llm+gradient")
+ARM_LABELS = {"gradient": "gradient only", "llm": "LLM only (OPRO-style)", "llm+gradient": "LLM + gradient (LLMSearch)"}
+
+TASKS: dict[str, tuple[str, list[str]]] = {
+    "sst2": ("Classify the sentiment of a movie review as positive or negative. The prompt is placed before "
+             "the review.",
+             ["the sentiment of this review is", "this movie review is", "the reviewer thinks the film is",
+              "sentiment:"]),
+    "trec": ("Classify a question by the type of its answer: abbreviation, description, entity, human, location "
+             "or number. The prompt is placed before the question.",
+             ["the answer to this question is a", "question type:", "this question asks for",
+              "what kind of answer does this need"]),
+    "ag_news": ("Classify a news article into one of four topics: world, sports, business, technology. The "
+                "prompt is placed before the article.",
+                ["the topic of this news article is", "news category:", "this text is about",
+                 "classify the article"]),
+    "rte": ("Decide whether the first sentence implies the second: yes or no. The prompt is placed before the "
+            "sentence pair.",
+            ["does the first sentence imply the second", "is the second sentence true", "entailment:",
+             "the answer is"]),
+    "boolq": ("Answer a yes/no question about a passage. The prompt is placed before the passage and question.",
+              ["answer the question about the passage", "yes or no:", "is it true that", "question:"]),
+    "cb": ("Decide whether a premise implies a hypothesis: yes, no or maybe. The prompt is placed before the pair.",
+           ["does the premise imply the hypothesis", "yes, no or maybe:", "is the hypothesis true", "the answer is"]),
+    "wic": ("Decide whether a word means the same in two sentences: yes or no. The prompt is placed before them.",
+            ["does the word mean the same in both", "same sense:", "compare the meaning", "the answer is"]),
+}
+
+
+# -- arm 1: gradient chains ------------------------------------------------------------------------------
+
+
+class GradientChains(Searcher):
+    """``population`` chains of gradient phases, no LLM: generation 0 starts from the seed prompts (cycled),
+    each later phase continues its chain from the chain's best vectors so far.
+
+    It hands out phase seeds from ``random.Random(seed)`` in the same order as ``LLMSearch``, so generation 0
+    is the same set of trials in both.
+    """
+
+    def __init__(self, seed_prompts: list[str], population: int, generations: int, seed: int, log_dir: str,
+                 metric: str = "val_acc", mode: str = "max") -> None:
+        super().__init__(metric=metric, mode=mode)
+        if population < len(seed_prompts):
+            raise ValueError(f"population ({population}) must be >= the number of seed prompts ({len(seed_prompts)})")
+        self.population, self.generations = population, generations
+        self.vector_dir = os.path.join(log_dir, "vectors")
+        self.rng = random.Random(seed)
+        self.generation = 0
+        self.queue = [{"prompt_init": seed_prompts[i % len(seed_prompts)], "resume_from": None, "chain": i}
+                      for i in range(population)]
+        self.members: dict[str, dict] = {}  # trial_id -> {chain, generation, done}
+        self.chain_best: dict[int, tuple] = {}  # chain -> ((val_acc, -loss), text, vectors_path)
+
+    @property
+    def total_trials(self) -> int:
+        return self.population * self.generations
+
+    def suggest(self, trial_id: str):
+        if self.generation >= self.generations:
+            return Searcher.FINISHED
+        if not self.queue:
+            return None
+        spec = self.queue.pop(0)
+        self.members[trial_id] = {"chain": spec["chain"], "generation": self.generation, "done": False}
+        return {"prompt_init": spec["prompt_init"], "resume_from": spec["resume_from"], "generation": self.generation,
+                "origin": "seed" if self.generation == 0 else "chain", "phase_seed": self.rng.randrange(2**31),
+                "vector_dir": self.vector_dir}
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        member = self.members.get(trial_id)
+        if member is None or self.metric not in result or not result.get("vectors_path"):
+            return
+        key = (float(result[self.metric]), -float(result.get("loss", math.inf)))
+        best = self.chain_best.get(member["chain"])
+        if best is None or key > best[0]:
+            self.chain_best[member["chain"]] = (key, result.get("prompt_text", ""), result["vectors_path"])
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        member = self.members.get(trial_id)
+        if member is None or member["done"]:
+            return
+        if result and not error:
+            self.on_trial_result(trial_id, result)
+        member["done"] = True
+        current = [m for m in self.members.values() if m["generation"] == self.generation]
+        if len(current) < self.population or not all(m["done"] for m in current):
+            return
+        self.generation += 1
+        if self.generation < self.generations:
+            for chain in range(self.population):
+                _, text, path = self.chain_best[chain]
+                self.queue.append({"prompt_init": text, "resume_from": path, "chain": chain})
+
+
+# -- running one arm ---------------------------------------------------------------------------------------
+
+
+def budget(args) -> dict:
+    if args.steps % args.eval_every:
+        raise ValueError(f"--steps ({args.steps}) must be a multiple of --eval-every ({args.eval_every})")
+    evals_per_phase = args.steps // args.eval_every + 1
+    return {"generations": args.generations, "population": args.population, "steps_per_phase": args.steps,
+            "eval_every": args.eval_every, "evals_per_phase": evals_per_phase,
+            "gradient_steps": args.generations * args.population * args.steps,
+            "evaluations": args.generations * args.population * evals_per_phase,
+            "llm_calls": args.generations - 1}
+
+
+def base_config(args, dataset: str, seed: int) -> dict:
+    from trainables.data import shared_data_spec
+
+    data = shared_data_spec(dataset, root=args.data_root, shots=args.shots, val_shots=args.val_shots,
+                            test_size=args.test_size, seed=seed)
+    return {"data": data, "model": args.model, "head": args.head, "steps": args.steps, "eval_every": args.eval_every,
+            "lr": args.lr, "batch_size": args.batch_size, "prompt_length": args.prompt_length,
+            "max_length": args.max_length, "device": "cpu" if args.cpu else "auto"}
+
+
+def make_llm(args, seed: int):
+    from ray_llm_search import LocalLLM, OpenAIChat
+
+    if args.llm == "openai":
+        return OpenAIChat(args.llm_model or "gpt-4o-mini", base_url=args.base_url, api_key_env=args.api_key_env)
+    llm = LocalLLM(args.llm_model, seed=seed, max_new_tokens=24)
+    llm.load()
+    return llm
+
+
+def run_arm(args, dataset: str, seed: int, arm: str, storage: str, llm_factory=None) -> dict:
+    """One arm on one dataset and seed: the search, the budget checks, the selected best on test."""
+    from ray import tune
+
+    from ray_llm_search import LLMSearch
+    from trainables.text_prompt import evaluate_prompt, train_text_prompt
+
+    task, seeds = TASKS[dataset]
+    seeds = seeds[: args.population]  # generation 0 is exactly P phases in every arm
+    b = budget(args)
+    name = f"{dataset}_{arm.replace('+', '_')}_seed{seed}"
+    log_dir = os.path.join(storage, name, "llm_search")
+    config = base_config(args, dataset, seed)
+    llm = None
+    if arm == "gradient":
+        search = GradientChains(seeds, args.population, args.generations, seed, log_dir)
+    else:
+        llm = (llm_factory or make_llm)(args, seed)
+        if arm == "llm":
+            config["steps"] = 0
+            width = args.population * b["evals_per_phase"]  # as many evaluations per generation as the others
+            search = LLMSearch(llm, task, seeds, metric="val_acc", mode="max", population=width,
+                               generations=args.generations, elites=0, candidates_per_round=width,
+                               max_prompt_words=args.max_prompt_words, seed=seed, log_dir=log_dir)
+        else:
+            search = LLMSearch(llm, task, seeds, metric="val_acc", mode="max", population=args.population,
+                               generations=args.generations, elites=args.elites,
+                               max_prompt_words=args.max_prompt_words, seed=seed, log_dir=log_dir)
+    recorder = Recorder()
+    started = time.time()
+    tune.run(train_text_prompt, name=name, storage_path=storage, config=config, search_alg=search,
+             num_samples=search.total_trials, resources_per_trial={"cpu": 1}, metric="val_acc", mode="max",
+             callbacks=[recorder], verbose=args.verbose, raise_on_failed_trial=False, reuse_actors=True,
+             trial_dirname_creator=lambda trial: f"phase_{trial.trial_id}")
+    search_wall = time.time() - started
+    evaluations = recorder.evaluations()
+    counts = check_budget(arm, evaluations, b)
+
+    best = select_best(evaluations)
+    t = time.time()
+    test = evaluate_prompt(config, vectors_path=best["vectors_path"])
+    usage = dict(llm.usage) if llm is not None else {}
+    return {
+        "dataset": dataset, "seed": seed, "arm": arm, "budget": b, **counts,
+        "test_acc": test["acc"], "test_n": test["n"], "best_val_acc": best["val_acc"], "best_prompt": test["prompt_text"],
+        "best_generation": best["generation"], "best_origin": best["origin"],
+        "search_wall_s": round(search_wall, 1), "test_eval_s": round(time.time() - t, 1),
+        "llm_calls": int(usage.get("calls", 0)),
+        "llm_tokens": int(usage.get("prompt_tokens", 0)) + int(usage.get("completion_tokens", 0)),
+        "llm_prompt_tokens": int(usage.get("prompt_tokens", 0)),
+        "llm_completion_tokens": int(usage.get("completion_tokens", 0)),
+        "llm_s": round(getattr(search, "llm_seconds", 0.0), 1),
+        "curve_steps": best_so_far(evaluations, b, "steps"), "curve_evals": best_so_far(evaluations, b, "evals"),
+        "evaluations": evaluations, "experiment": os.path.join(storage, name),
+        "split_sizes": _split_sizes(config),
+    }
+
+
+def _split_sizes(config: dict) -> dict:
+    from trainables.text_prompt import dataset_for
+
+    data = dataset_for(config)
+    return {"train": len(data.train), "val": len(data.val), "test": len(data.test)}
+
+
+class Recorder(Callback):
+    """A Tune callback keeping every evaluation each trial reported (what the budget checks count)."""
+
+    def __init__(self) -> None:
+        self.rows: dict[tuple, dict] = {}
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        if "val_acc" not in result or "step" not in result:
+            return
+        cfg = trial.config
+        # a function trainable's final result may repeat its last report: one row per (trial, step)
+        self.rows[(trial.trial_id, int(result["step"]))] = {
+            "trial_id": trial.trial_id, "generation": int(cfg.get("generation", 0)),
+            "origin": cfg.get("origin"), "prompt_init": cfg.get("prompt_init"),
+            "phase_seed": cfg.get("phase_seed"), "resumed": bool(cfg.get("resume_from")),
+            "step": int(result["step"]), "val_acc": float(result["val_acc"]),
+            "loss": float(result.get("loss", math.nan)), "prompt_text": result.get("prompt_text"),
+            "vectors_path": result.get("vectors_path"),
+        }
+
+    def evaluations(self) -> list[dict]:
+        return sorted(self.rows.values(), key=lambda r: (r["generation"], r["trial_id"], r["step"]))
+
+
+def check_budget(arm: str, evaluations: list[dict], b: dict) -> dict:
+    """Gradient steps and evaluations as the trials reported them; raises if they are not the budget."""
+    last_step: dict[str, int] = {}
+    per_trial: dict[str, int] = {}
+    for e in evaluations:
+        last_step[e["trial_id"]] = max(last_step.get(e["trial_id"], 0), e["step"])
+        per_trial[e["trial_id"]] = per_trial.get(e["trial_id"], 0) + 1
+    steps = sum(last_step.values())
+    n_evals = len(evaluations)
+    want_steps = 0 if arm == "llm" else b["gradient_steps"]
+    if steps != want_steps or n_evals != b["evaluations"]:
+        raise AssertionError(f"arm {arm}: trials reported {steps} gradient steps and {n_evals} evaluations; the budget "
+                             f"is {want_steps} and {b['evaluations']} ({len(per_trial)} trials)")
+    return {"gradient_steps": steps, "n_evaluations": n_evals, "trials": len(per_trial)}
+
+
+def select_best(evaluations: list[dict]) -> dict:
+    """The arm's best evaluation: highest validation accuracy, then lower loss, then earliest.
+
+    A phase saves its vectors whenever it improves under this same order, so the trial's vectors file holds
+    exactly this evaluation's vectors."""
+    return max(evaluations, key=lambda e: (e["val_acc"], -e["loss"], -e["generation"], -e["step"]))
+
+
+def best_so_far(evaluations: list[dict], b: dict, axis: str) -> list[tuple[float, float]]:
+    """Best validation accuracy so far, as ``(x, value)`` points.
+
+    Phases of a generation run side by side, so an evaluation at step ``s`` of generation ``g`` lies at
+    ``x = g*P*K + P*s`` gradient steps (``axis="steps"``) or ``g*P*E + P*(s/k + 1)`` evaluations
+    (``axis="evals"``). The LLM-only arm's generation ``g`` (0 steps) is placed where the other arms'
+    generation ``g`` starts (``g*P*K``) and, on the evaluation axis, where it ends."""
+    p, k, e, every = b["population"], b["steps_per_phase"], b["evals_per_phase"], b["eval_every"]
+    width = p * k
+    zero_step = all(q["step"] == 0 for q in evaluations)
+    points = []
+    for r in evaluations:
+        g, s = r["generation"], r["step"]
+        if axis == "steps":
+            x = g * width + p * s
+        else:
+            x = (g + 1) * p * e if zero_step else g * p * e + p * (s // every + 1)
+        points.append((x, r["val_acc"]))
+    points.sort()
+    curve, best = [], -math.inf
+    for x, v in points:
+        best = max(best, v)
+        if curve and curve[-1][0] == x:
+            curve[-1] = (x, best)
+        else:
+            curve.append((x, best))
+    end = b["gradient_steps"] if axis == "steps" else b["evaluations"]
+    if curve and curve[-1][0] < end:
+        curve.append((end, curve[-1][1]))
+    return curve
+
+
+def seed_prompt_test(args, dataset: str, seed: int) -> dict:
+    from trainables.text_prompt import evaluate_prompt
+
+    config = base_config(args, dataset, seed)
+    out = evaluate_prompt(config, text=TASKS[dataset][1][0])
+    return {"dataset": dataset, "seed": seed, "arm": "seed prompt", "test_acc": out["acc"], "test_n": out["n"]}
+
+
+# -- outputs -------------------------------------------------------------------------------------------------
+
+
+def _mean_std(values: list[float]) -> str:
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def write_table(results: dict, path: str) -> str:
+    runs = results["runs"]
+    lines = ["| dataset | arm | seeds | test acc (mean ± std) | best val acc | gradient steps / run | "
+             "evaluations / run | LLM calls / run | LLM tokens / run | phases from LLM / pool | "
+             "search wall / run (s) | wins (test, per seed) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for dataset in sorted({r["dataset"] for r in runs}):
+        rows = [r for r in runs if r["dataset"] == dataset]
+        seeds = sorted({r["seed"] for r in rows})
+        by = {(r["arm"], r["seed"]): r for r in rows}
+        baseline = [r for r in results.get("seed_prompt", []) if r["dataset"] == dataset]
+        if baseline:
+            lines.append(f"| {dataset} | seed prompt as text, no search | {len(baseline)} | "
+                         f"{_mean_std([r['test_acc'] for r in baseline])} | - | 0 | 0 | 0 | 0 | - | - | - |")
+        for arm in ARMS:
+            mine = [by[(arm, s)] for s in seeds if (arm, s) in by]
+            if not mine:
+                continue
+            wins = sum(1 for r in mine if all(r["test_acc"] >= by[(a, r["seed"])]["test_acc"]
+                                             for a in ARMS if (a, r["seed"]) in by))
+            lines.append(
+                f"| {dataset} | {ARM_LABELS[arm]} | {len(mine)} | {_mean_std([r['test_acc'] for r in mine])} | "
+                f"{_mean_std([r['best_val_acc'] for r in mine])} | {mine[0]['gradient_steps']} | "
+                f"{mine[0]['n_evaluations']} | {statistics.mean(r['llm_calls'] for r in mine):.0f} | "
+                f"{statistics.mean(r['llm_tokens'] for r in mine):.0f} | "
+                f"{statistics.mean(_starts(r, 'llm') for r in mine):.1f} / {statistics.mean(_starts(r, 'pool') for r in mine):.1f} | "
+                f"{statistics.mean(r['search_wall_s'] for r in mine):.0f} | {wins}/{len(mine)} |")
+    lines += ["", "Per seed: test accuracy (best validation accuracy) and the selected prompt's generation.", "",
+              "| dataset | seed | test n | seed prompt | " + " | ".join(ARM_LABELS[a] for a in ARMS) + " |",
+              "|---|---|---|---|" + "---|" * len(ARMS)]
+    for dataset in sorted({r["dataset"] for r in runs}):
+        by = {(r["arm"], r["seed"]): r for r in runs if r["dataset"] == dataset}
+        base = {r["seed"]: r for r in results.get("seed_prompt", []) if r["dataset"] == dataset}
+        for seed in sorted({s for _, s in by}):
+            cells = [f"{by[(a, seed)]['test_acc']:.3f} ({by[(a, seed)]['best_val_acc']:.3f}), gen "
+                     f"{by[(a, seed)]['best_generation']}" if (a, seed) in by else "-" for a in ARMS]
+            test_n = next(r["test_n"] for (a, s), r in by.items() if s == seed)
+            first = f"{base[seed]['test_acc']:.3f}" if seed in base else "-"
+            lines.append(f"| {dataset} | {seed} | {test_n} | {first} | " + " | ".join(cells) + " |")
+    text = "\n".join(lines) + "\n"
+    with open(path, "w") as f:
+        f.write(text)
+    return text
+
+
+def _starts(run: dict, origin: str) -> int:
+    """Phases of a run that started from an LLM candidate (``llm``) or a pool fill-in (``pool``)."""
+    return len({e["trial_id"] for e in run["evaluations"] if e["origin"] == origin})
+
+
+def write_plots(results: dict, out: str) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    colors = {"gradient": "tab:blue", "llm": "tab:orange", "llm+gradient": "tab:green"}
+    for dataset in sorted({r["dataset"] for r in results["runs"]}):
+        runs = [r for r in results["runs"] if r["dataset"] == dataset]
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        for ax, key, label in ((axes[0], "curve_steps", "gradient steps spent (phases of a generation side by side)"),
+                               (axes[1], "curve_evals", "validation evaluations")):
+            for arm in ARMS:
+                mine = [r for r in runs if r["arm"] == arm]
+                if not mine:
+                    continue
+                xs = sorted({x for r in mine for x, _ in r[key]})
+                ys = [[_value_at(r[key], x) for x in xs] for r in mine]
+                mean = [statistics.mean(col) for col in zip(*ys, strict=True)]
+                std = [statistics.pstdev(col) for col in zip(*ys, strict=True)]
+                ax.step(xs, mean, where="post", color=colors[arm], label=f"{ARM_LABELS[arm]} (n={len(mine)})")
+                ax.fill_between(xs, [m - s for m, s in zip(mean, std, strict=True)],
+                                [m + s for m, s in zip(mean, std, strict=True)], step="post", color=colors[arm],
+                                alpha=0.15)
+            ax.set_xlabel(label)
+            ax.set_ylabel("best-so-far validation accuracy")
+            ax.grid(alpha=0.3)
+        axes[0].set_title(f"{dataset}: mean ± std over seeds (LLM only: 0 steps, at its round)", fontsize=9)
+        axes[1].legend(fontsize=8, loc="lower right")
+        fig.tight_layout()
+        path = os.path.join(out, f"curves_{dataset}.png")
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def _value_at(curve: list, x: float) -> float:
+    value = curve[0][1]
+    for cx, v in curve:
+        if cx > x:
+            break
+        value = v
+    return value
+
+
+def write_tensorboard(run: dict, out: str) -> None:
+    from tensorboardX import SummaryWriter
+
+    folder = os.path.join(out, "tensorboard", run["dataset"], f"{run['arm'].replace('+', '_')}_seed{run['seed']}")
+    writer = SummaryWriter(folder)
+    for x, v in run["curve_steps"]:
+        writer.add_scalar("best_so_far_val_acc/by_gradient_steps", v, int(x))
+    for x, v in run["curve_evals"]:
+        writer.add_scalar("best_so_far_val_acc/by_evaluations", v, int(x))
+    writer.add_scalar("test_acc", run["test_acc"], 0)
+    writer.add_text("best_prompt", run["best_prompt"] or "", 0)
+    writer.close()
+
+
+def load_results(path: str) -> dict:
+    if os.path.isfile(path):
+        with open(path) as f:
+            return json.load(f)
+    return {"runs": [], "seed_prompt": [], "commands": []}
+
+
+def save_results(results: dict, path: str) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(results, f, indent=1)
+    os.replace(tmp, path)
+
+
+# -- main ------------------------------------------------------------------------------------------------------
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--datasets", nargs="+", default=["sst2"], choices=sorted(TASKS))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="each seed fixes the splits and phases")
+    p.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
+    p.add_argument("--generations", type=int, default=3, help="G, including generation 0")
+    p.add_argument("--population", type=int, default=4, help="P, phases per generation (the first P seed prompts)")
+    p.add_argument("--elites", type=int, default=1, help="LLMSearch elites")
+    p.add_argument("--steps", type=int, default=8, help="K, gradient steps per phase")
+    p.add_argument("--eval-every", type=int, default=4)
+    p.add_argument("--shots", type=int, default=16, help="training examples per class")
+    p.add_argument("--val-shots", type=int, default=None, help="validation examples per class (default: shots)")
+    p.add_argument("--test-size", type=int, default=None, help="cap on test examples (default: the preset's)")
+    p.add_argument("--data-root", default=None, help="shared/data folder (default: beside the checkout)")
+    p.add_argument("--model", default=None, help="backbone: None = all-MiniLM-L6-v2 offline; or e.g. roberta-large")
+    p.add_argument("--head", default="label_names", choices=["label_names", "linear"])
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--prompt-length", type=int, default=8)
+    p.add_argument("--max-length", type=int, default=64)
+    p.add_argument("--max-prompt-words", type=int, default=12)
+    p.add_argument("--llm", choices=["local", "openai"], default="local")
+    p.add_argument("--llm-model", default=None, help="local model path (default SmolLM2-135M-Instruct) or API model")
+    p.add_argument("--base-url", default=None)
+    p.add_argument("--api-key-env", default="OPENAI_API_KEY")
+    p.add_argument("--cpus", type=int, default=None, help="Ray CPUs (default: all); one per trial")
+    p.add_argument("--cpu", action="store_true", help="force CPU even with a GPU")
+    p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+    p.add_argument("--storage", default=os.path.expanduser("~/ray_results/compare"),
+                   help="Tune's experiment folders (per-trial logs, checkpoints, the searcher's TensorBoard)")
+    p.add_argument("--force", action="store_true", help="rerun runs already in results.json")
+    p.add_argument("--no-seed-prompt", action="store_true", help="skip the seed prompt's test accuracy row")
+    p.add_argument("--replot", action="store_true", help="only rewrite the table and plots from results.json")
+    p.add_argument("--verbose", type=int, default=0)
+    return p.parse_args(argv)
+
+
+def main(argv=None, llm_factory=None) -> dict:
+    """Run what the arguments ask (see the module docstring); ``llm_factory(args, seed)`` replaces the LLM
+    (tests use a scripted one). Returns the results, the table's text and the plots' paths."""
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    os.makedirs(args.out, exist_ok=True)
+    results_path = os.path.join(args.out, "results.json")
+    results = load_results(results_path)
+    if not args.replot:
+        b = budget(args)
+        import ray
+
+        command = "python examples/compare.py " + " ".join(sys.argv[1:] if argv is None else argv)
+        results.setdefault("commands", []).append(command)
+        ray.init(num_cpus=args.cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False,
+                 ignore_reinit_error=True)
+        storage = os.path.abspath(os.path.expanduser(args.storage))
+        print(f"budget per arm and seed: {b}")
+        for dataset in args.datasets:
+            for seed in args.seeds:
+                if not args.no_seed_prompt and not any(
+                        r["dataset"] == dataset and r["seed"] == seed for r in results["seed_prompt"]):
+                    results["seed_prompt"].append(seed_prompt_test(args, dataset, seed))
+                    save_results(results, results_path)
+                for arm in args.arms:
+                    done = [r for r in results["runs"] if (r["dataset"], r["seed"], r["arm"]) == (dataset, seed, arm)]
+                    if done and not args.force:
+                        if done[0]["budget"] != b:
+                            raise ValueError(f"results.json holds {dataset}/{arm}/seed {seed} at another budget "
+                                             f"({done[0]['budget']}); use --force or another --out")
+                        continue
+                    run = run_arm(args, dataset, seed, arm, storage, llm_factory)
+                    run["args"] = {k: v for k, v in vars(args).items() if k not in ("force", "replot", "verbose")}
+                    results["runs"] = [r for r in results["runs"] if r not in done] + [run]
+                    save_results(results, results_path)
+                    write_tensorboard(run, args.out)
+                    print(f"{dataset} seed {seed} {arm:>12}: test {run['test_acc']:.3f}  val {run['best_val_acc']:.3f}  "
+                          f"steps {run['gradient_steps']}  evals {run['n_evaluations']}  LLM calls {run['llm_calls']}  "
+                          f"{run['search_wall_s']:.0f}s  \"{run['best_prompt']}\"", flush=True)
+        ray.shutdown()
+    table = write_table(results, os.path.join(args.out, "RESULTS_TABLE.md"))
+    print(table)
+    try:
+        plots = write_plots(results, args.out)
+        print("plots: " + ", ".join(plots))
+    except ImportError:
+        plots = []
+        print("matplotlib is not installed: no plot (pip install matplotlib, then --replot)")
+    return {"results": results, "table": table, "plots": plots}
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,276 @@
+"""Helpers for the fault, resume, secrets and TensorBoard tests, and for ``resume_driver.py``.
+
+Imported by module name (``rls_helpers``, with this folder on ``sys.path``) so that Ray workers and a
+driver process started by a test find the same trainables and Tune can unpickle the same fake LLM.
+Nothing here is used by the packages.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import tempfile
+import threading
+import time
+import zlib
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from ray_llm_search.llm.base import LLM
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CONTRACT_KEYS = {"val_acc", "loss", "prompt_text", "step"}
+
+
+# -- trainables ------------------------------------------------------------------------------------------------
+
+
+def score(text: str) -> float:
+    """A deterministic 'accuracy' in [0.2, 0.7) for a start text."""
+    return 0.2 + (zlib.crc32(text.encode()) % 50) / 100
+
+
+def trivial_phase(config: dict) -> None:
+    """A phase without a model that honours the DESIGN contract: reports val_acc, loss, prompt_text, step.
+
+    ``steps`` evaluations after step 0, ``sleep_s`` per step; with ``checkpoint`` it reports a Tune checkpoint
+    each time and, when Tune restarts it (max_failures, or a resumed experiment), continues after its last one.
+    """
+    from ray import tune
+
+    steps = int(config.get("steps", 2))
+    sleep_s = float(config.get("sleep_s", 0.0))
+    start = 0
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder, open(os.path.join(folder, "state.json")) as f:
+            start = json.load(f)["step"] + 1
+    base = score(config.get("prompt_init") or "")
+    words = (config.get("prompt_init") or "").split()[:10]
+    for step in range(start, steps + 1):
+        if sleep_s and step:
+            time.sleep(sleep_s)
+        value = min(0.99, base + 0.05 * step)
+        metrics = {"val_acc": value, "loss": 1.0 - value, "prompt_text": " ".join(words + [f"w{step}"]), "step": step}
+        if config.get("checkpoint"):
+            with tempfile.TemporaryDirectory() as tmp:
+                with open(os.path.join(tmp, "state.json"), "w") as f:
+                    json.dump({"step": step}, f)
+                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+        else:
+            tune.report(metrics)
+
+
+def load_data_phase(config: dict) -> None:
+    """Loads ``config["data"]`` as ``train_text_prompt`` does (same errors, no torch), then ``trivial_phase``."""
+    from trainables.data import load_dataset
+
+    load_dataset(config["data"])
+    trivial_phase(config)
+
+
+def faulty_text_prompt(config: dict) -> None:
+    """``train_text_prompt`` with one injected fault, for tests only.
+
+    ``config["fault"] = {"kind": "raise" | "sigkill", "step": N, "marker": path, "generation": g}``: the first
+    phase of generation ``g`` that is about to report step ``N`` creates ``marker`` (atomically, so the fault
+    happens once in the whole run), writes its trial id there, and then raises, or SIGKILLs its own process,
+    before that report.
+    """
+    from unittest import mock
+
+    from ray import tune
+
+    from trainables import phase
+    from trainables.text_prompt import train_text_prompt
+
+    fault = config.get("fault") or {}
+    real_report = phase._tune_report
+
+    def report(metrics: dict, checkpoint_dir: str | None) -> None:
+        if (fault and metrics["step"] == fault["step"] and config.get("generation") == fault.get("generation", 0)
+                and _claim(fault["marker"], tune.get_context().get_trial_id())):
+            if fault["kind"] == "sigkill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            raise RuntimeError(f"injected fault before reporting step {metrics['step']}")
+        real_report(metrics, checkpoint_dir)
+
+    with mock.patch.object(phase, "_tune_report", report):
+        train_text_prompt(config)
+
+
+def _claim(marker: str, text: str) -> bool:
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    return True
+
+
+# -- LLMs ------------------------------------------------------------------------------------------------------
+
+
+class CallLogLLM(LLM):
+    """A fake mentor whose every call appends a line to ``calls_file`` (shared by all processes of a test).
+
+    Call number ``c`` (counted in the file) proposes ``idea c number i``: new texts in every round.
+    """
+
+    def __init__(self, calls_file: str) -> None:
+        super().__init__()
+        self.calls_file = calls_file
+
+    def propose(self, meta_prompt: str, n: int) -> list[str]:
+        with open(self.calls_file, "a") as f:
+            f.write(json.dumps({"pid": os.getpid(), "n": n, "time": time.time()}) + "\n")
+        with open(self.calls_file) as f:
+            call = len(f.read().splitlines())
+        self._count(self.usage, calls=1)
+        return ["\n".join(f"{i + 1}. idea {call} number {i}" for i in range(n))]
+
+
+def llm_calls(calls_file: str) -> list[dict]:
+    if not os.path.exists(calls_file):
+        return []
+    with open(calls_file) as f:
+        return [json.loads(line) for line in f.read().splitlines() if line.strip()]
+
+
+# -- a fake OpenAI-compatible server ------------------------------------------------------------------------------
+
+JSON = {"Content-Type": "application/json"}
+
+
+@dataclass
+class Reply:
+    """One scripted answer: status, body (dict as JSON, or raw bytes), headers, seconds to hang first, and
+    whether the server stops listening after sending it (later connections are refused)."""
+
+    status: int = 200
+    body: dict | bytes = field(default_factory=dict)
+    headers: dict = field(default_factory=lambda: dict(JSON))
+    hang_s: float = 0.0
+    close_after: bool = False
+
+
+def completion(content: str | None) -> dict:
+    return {
+        "id": "chatcmpl-test", "object": "chat.completion", "created": 1_700_000_000, "model": "test-model",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+    }
+
+
+def error(message: str, code: str = "error") -> dict:
+    return {"error": {"message": message, "type": code, "code": code}}
+
+
+class FakeOpenAI:
+    """A ThreadingHTTPServer on 127.0.0.1 answering POST /v1/chat/completions from a script.
+
+    ``requests`` records each request's arrival time, path, Authorization header and JSON body.
+    """
+
+    def __init__(self, script: list[Reply] | None = None) -> None:
+        self.script: list[Reply] = list(script or [])
+        self.requests: list[dict] = []
+        self.release = threading.Event()  # ends every hang at close()
+        self._lock = threading.Lock()
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                arrived = time.monotonic()
+                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                with fake._lock:
+                    fake.requests.append({"time": arrived, "path": self.path,
+                                          "authorization": self.headers.get("Authorization"),
+                                          "body": json.loads(raw or b"{}")})
+                    if self.path != "/v1/chat/completions":
+                        reply = Reply(404, error(f"no route {self.path}"))
+                    elif fake.script:
+                        reply = fake.script.pop(0)
+                    else:
+                        reply = Reply(599, error("script exhausted: unexpected request"))
+                if reply.hang_s:
+                    fake.release.wait(reply.hang_s)
+                data = reply.body if isinstance(reply.body, bytes) else json.dumps(reply.body).encode()
+                try:
+                    self.send_response(reply.status)
+                    for key, value in reply.headers.items():
+                        self.send_header(key, value)
+                    self.send_header("Content-Length", str(len(data)))
+                    self.send_header("Connection", "close")
+                    self.end_headers()
+                    self.wfile.write(data)
+                    self.wfile.flush()
+                except OSError:  # the client gave up (timeout)
+                    pass
+                if reply.close_after:
+                    fake.stop_listening()
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.base_url = f"http://127.0.0.1:{self.port}/v1"
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
+                                       daemon=True)
+        self.thread.start()
+        self._listening = True
+
+    def stop_listening(self) -> None:
+        """Close the listening socket now: from here on, connections to ``base_url`` are refused."""
+        with self._lock:
+            if not self._listening:
+                return
+            self._listening = False
+        self.server.shutdown()  # from a handler thread: serve_forever runs in another
+        self.server.server_close()
+
+    def close(self) -> None:
+        self.release.set()
+        self.stop_listening()
+        self.thread.join(timeout=5)
+
+
+def refused_port() -> int:
+    """A loopback port nobody listens on (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# -- event files ------------------------------------------------------------------------------------------------
+
+
+def read_events(folder: str) -> tuple[dict[str, list[tuple[int, float]]], dict[str, list[tuple[int, str]]]]:
+    """Scalars ``{tag: [(step, value)]}`` and texts ``{tag: [(step, text)]}`` of every event file under
+    ``folder``, read back as TensorBoard's server reads them (``plugin_event_accumulator``: everything is a
+    tensor, and events a restarted writer purged are gone)."""
+    from tensorboard.backend.event_processing.plugin_event_accumulator import EventAccumulator
+    from tensorboard.util import tensor_util
+
+    scalars: dict[str, list[tuple[int, float]]] = {}
+    texts: dict[str, list[tuple[int, str]]] = {}
+    for root, _, files in os.walk(folder):
+        if not any(f.startswith("events.out.tfevents") for f in files):
+            continue
+        acc = EventAccumulator(root, size_guidance={"tensors": 0})
+        acc.Reload()
+        for tag in acc.Tags().get("tensors", []):
+            plugin = acc.SummaryMetadata(tag).plugin_data.plugin_name
+            for e in acc.Tensors(tag):
+                value = tensor_util.make_ndarray(e.tensor_proto)
+                if plugin == "scalars":
+                    scalars.setdefault(tag, []).append((e.step, float(value)))
+                elif plugin == "text":
+                    flat = [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in value.flatten()]
+                    texts.setdefault(tag, []).append((e.step, "\n".join(flat)))
+    return scalars, texts

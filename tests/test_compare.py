@@ -1,0 +1,228 @@
+"""examples/compare.py: the three arms spend the same budget, share seeds and splits, and a tiny real run
+writes the table and the plot; and the authors' LM setting (hub model names, sentence pairs, linear head)."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ray_llm_search import LLM, LLMSearch
+from trainables.data import shared_data_spec
+
+ROOT = Path(__file__).parents[1]
+SHARED_DATA = Path(__file__).parents[2] / "shared" / "data"
+_spec = importlib.util.spec_from_file_location("compare", ROOT / "examples" / "compare.py")
+compare = importlib.util.module_from_spec(_spec)
+sys.modules["compare"] = compare  # Tune pickles the searcher, whose class lives in this module
+_spec.loader.exec_module(compare)
+
+
+class ScriptedLLM(LLM):
+    """Answers each call with ``n`` fresh prompts, counting calls and (made-up) tokens like a real LLM."""
+
+    style = "completion"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def propose(self, meta_prompt: str, n: int) -> list[str]:
+        self.calls += 1
+        self._count(self.usage, calls=1, prompt_tokens=len(meta_prompt.split()), completion_tokens=4 * n)
+        return [f"candidate {self.calls} number {i} says" for i in range(n)]
+
+
+def _args(**kw):
+    argv = ["--generations", "3", "--population", "4", "--steps", "8", "--eval-every", "4"]
+    for k, v in kw.items():
+        argv += [f"--{k.replace('_', '-')}", str(v)]
+    return compare.parse_args(argv)
+
+
+# -- budget -------------------------------------------------------------------------------------------------
+
+
+def test_budget_counts_steps_and_evaluations():
+    b = compare.budget(_args())
+    assert b["gradient_steps"] == 3 * 4 * 8 and b["evals_per_phase"] == 3 and b["evaluations"] == 3 * 4 * 3
+    assert b["llm_calls"] == 2
+    with pytest.raises(ValueError, match="multiple of --eval-every"):
+        compare.budget(_args(steps=6))
+
+
+def _reports(arm: str, b: dict, drop: int = 0) -> list[dict]:
+    rows = []
+    if arm == "llm":
+        for g in range(b["generations"]):
+            for t in range(b["population"] * b["evals_per_phase"]):
+                rows.append({"trial_id": f"{g}_{t}", "generation": g, "step": 0, "val_acc": 0.5, "loss": 1.0})
+    else:
+        for g in range(b["generations"]):
+            for t in range(b["population"]):
+                for s in range(0, b["steps_per_phase"] + 1, b["eval_every"]):
+                    rows.append({"trial_id": f"{g}_{t}", "generation": g, "step": s, "val_acc": 0.5 + s / 100,
+                                 "loss": 1.0})
+    return rows[: len(rows) - drop]
+
+
+@pytest.mark.parametrize("arm", compare.ARMS)
+def test_check_budget_accepts_exactly_the_budget(arm):
+    b = compare.budget(_args())
+    counts = compare.check_budget(arm, _reports(arm, b), b)
+    assert counts["gradient_steps"] == (0 if arm == "llm" else b["gradient_steps"])
+    assert counts["n_evaluations"] == b["evaluations"]
+    with pytest.raises(AssertionError, match=re.escape(f"arm {arm}: trials reported")):
+        compare.check_budget(arm, _reports(arm, b, drop=1), b)
+
+
+def test_best_so_far_is_monotone_and_spans_the_budget():
+    b = compare.budget(_args())
+    for arm in compare.ARMS:
+        rows = _reports(arm, b)
+        for axis, end in (("steps", b["gradient_steps"]), ("evals", b["evaluations"])):
+            curve = compare.best_so_far(rows, b, axis)
+            xs, ys = zip(*curve, strict=True)
+            assert list(xs) == sorted(set(xs)) and list(ys) == sorted(ys)
+            assert xs[-1] == end
+
+
+def test_select_best_prefers_accuracy_then_loss():
+    rows = [{"val_acc": 0.5, "loss": 0.1, "generation": 0, "step": 0}, {"val_acc": 0.7, "loss": 0.9, "generation": 1,
+            "step": 4}, {"val_acc": 0.7, "loss": 0.4, "generation": 2, "step": 8}]
+    assert compare.select_best(rows)["generation"] == 2
+
+
+# -- arm 1 shares generation 0 with arm 3 ------------------------------------------------------------------
+
+
+def test_gradient_chains_start_like_llm_search_and_continue_their_own_vectors(tmp_path):
+    seeds = compare.TASKS["sst2"][1]
+    chains = compare.GradientChains(seeds, 4, 3, seed=7, log_dir=str(tmp_path))
+    search = LLMSearch(ScriptedLLM(), "task", seeds, metric="val_acc", mode="max", population=4, generations=3,
+                       seed=7, log_dir=str(tmp_path / "llm"))
+    ours = [chains.suggest(f"c{i}") for i in range(4)]
+    theirs = [search.suggest(f"s{i}") for i in range(4)]
+    assert [(c["prompt_init"], c["phase_seed"]) for c in ours] == [(c["prompt_init"], c["phase_seed"]) for c in theirs]
+    assert chains.suggest("early") is None  # generation 1 waits for generation 0
+    for i in range(4):
+        for step, acc in ((0, 0.5), (4, 0.6 + i / 100), (8, 0.55)):
+            chains.on_trial_result(f"c{i}", {"val_acc": acc, "loss": 1.0, "step": step, "prompt_text": f"p{i} {step}",
+                                             "vectors_path": f"/v/c{i}.pt"})
+        chains.on_trial_complete(f"c{i}")
+    nxt = [chains.suggest(f"d{i}") for i in range(4)]
+    assert [c["resume_from"] for c in nxt] == [f"/v/c{i}.pt" for i in range(4)]
+    assert [c["prompt_init"] for c in nxt] == [f"p{i} 4" for i in range(4)]  # each chain's best, not the last
+    assert all(c["generation"] == 1 and c["origin"] == "chain" for c in nxt)
+    assert chains.total_trials == 12
+
+
+# -- the authors' LM setting -----------------------------------------------------------------------------------
+
+
+def test_hub_model_name_passes_through_to_transformers(monkeypatch):
+    import transformers
+
+    from trainables import text_prompt
+
+    asked = []
+
+    def offline(name, *a, **kw):
+        asked.append(name)
+        raise OSError(f"We couldn't connect to 'https://huggingface.co' to load {name}")
+
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", offline)
+    with pytest.raises(ValueError, match=r"cannot load model 'roberta-large'.*a hub name needs the Hugging Face Hub"):
+        text_prompt.load_backbone("roberta-large", text_prompt._device("cpu"))
+    assert asked == ["roberta-large"]
+
+
+def test_roberta_large_offline_is_a_clear_value_error():
+    code = ("from trainables.text_prompt import build_classifier\n"
+            "try:\n"
+            "    build_classifier({'model': 'roberta-large', 'head': 'linear', 'device': 'cpu',\n"
+            f"                      'data': {shared_data_spec('rte', root=str(SHARED_DATA), shots=2)!r}}})\n"
+            "except ValueError as e:\n"
+            "    print('VALUEERROR', e)\n")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert "VALUEERROR cannot load model 'roberta-large'" in out.stdout, out.stderr[-2000:]
+
+
+def test_sentence_pairs_with_a_linear_head(tmp_path):
+    import torch
+
+    from trainables.phase import run_phase
+    from trainables.text_prompt import build_classifier, dataset_for, evaluate_prompt
+
+    torch.set_num_threads(1)
+    config = {"data": shared_data_spec("rte", root=str(SHARED_DATA), shots=2, val_shots=2, test_size=8),
+              "head": "linear", "prompt_init": "does the first sentence imply the second", "prompt_length": 4,
+              "max_length": 64, "steps": 2, "eval_every": 1, "batch_size": 4, "phase_seed": 0, "device": "cpu",
+              "vector_dir": str(tmp_path), "trial_id": "pair"}
+    data = dataset_for(config)
+    model = build_classifier(config, data)
+    enc = model._tokenize(data.train[:2], 60)
+    sep = model.tokenizer.sep_token_id
+    assert all(int((row == sep).sum()) == 2 for row in enc["input_ids"])  # premise [SEP] hypothesis [SEP]
+    assert int(enc["token_type_ids"].sum()) > 0
+    reports = []
+    best = run_phase(config, model, data.train, data.val, report=lambda m, c: reports.append(m))
+    assert [r["step"] for r in reports] == [0, 1, 2]
+    assert all(math.isfinite(r["loss"]) for r in reports)
+    again = evaluate_prompt(config, vectors_path=best["vectors_path"], split="val")
+    assert again["acc"] == best["val_acc"]  # the linear head travels with the vectors
+
+
+# -- a tiny real run: Ray Tune, MiniLM, three arms -------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_tiny_run_spends_equal_budgets_shares_seeds_and_writes_table_and_plot(tmp_path):
+    out, storage = tmp_path / "out", tmp_path / "storage"
+    argv = ["--datasets", "sst2", "--seeds", "3", "--generations", "2", "--population", "2", "--steps", "2",
+            "--eval-every", "2", "--shots", "2", "--val-shots", "2", "--test-size", "10", "--max-length", "32",
+            "--cpus", "2", "--out", str(out), "--storage", str(storage), "--data-root", str(SHARED_DATA)]
+    llms = []
+
+    def scripted(args, seed):
+        llms.append(ScriptedLLM())
+        return llms[-1]
+
+    result = compare.main(argv, llm_factory=scripted)
+    runs = {r["arm"]: r for r in result["results"]["runs"]}
+    assert set(runs) == set(compare.ARMS)
+    b = runs["gradient"]["budget"]
+    assert b["gradient_steps"] == 2 * 2 * 2 and b["evaluations"] == 2 * 2 * 2
+    # what the trials reported, counted again here from the recorded evaluations
+    for arm, run in runs.items():
+        last = {}
+        for e in run["evaluations"]:
+            last[e["trial_id"]] = max(last.get(e["trial_id"], 0), e["step"])
+        assert sum(last.values()) == run["gradient_steps"] == (0 if arm == "llm" else b["gradient_steps"])
+        assert len(run["evaluations"]) == run["n_evaluations"] == b["evaluations"]
+        assert run["llm_calls"] == (0 if arm == "gradient" else b["llm_calls"])
+    # same splits, and generation 0 of the two gradient arms is the same set of phases with the same results
+    assert runs["gradient"]["split_sizes"] == runs["llm"]["split_sizes"] == runs["llm+gradient"]["split_sizes"]
+    assert all(r["test_n"] == runs["gradient"]["test_n"] for r in runs.values())
+
+    def gen0(run):
+        return sorted((e["prompt_init"], e["phase_seed"], e["step"], e["val_acc"]) for e in run["evaluations"]
+                      if e["generation"] == 0)
+
+    assert gen0(runs["gradient"]) == gen0(runs["llm+gradient"])
+    assert {e["prompt_init"] for e in runs["llm"]["evaluations"] if e["generation"] == 0} == set(
+        compare.TASKS["sst2"][1][:2])
+    table = (out / "RESULTS_TABLE.md").read_text()
+    for label in compare.ARM_LABELS.values():
+        assert label in table
+    assert (out / "results.json").is_file()
+    assert list((out / "tensorboard" / "sst2").iterdir())
+    pytest.importorskip("matplotlib")
+    assert (out / "curves_sst2.png").stat().st_size > 1000
