@@ -380,26 +380,30 @@ def test_schedule_drives_run_phases_optimizer_and_survives_a_restart(backbone, c
     schedule = cp.CoOpSchedule(10, 2, 1e-5)
     assert seen == pytest.approx([schedule.lr(0.002, s) for s in range(1, 11)])
 
-    # The step count travels in the optimizer's state dict, as run_phase checkpoints it.
-    first = torch.nn.Parameter(torch.zeros(2))
-    cp._schedule(first, schedule)
-    opt = torch.optim.SGD([first], lr=0.002, momentum=0.9)
-    for _ in range(4):
-        first.grad = torch.ones(2)
-        opt.step()
-    state = opt.state_dict()
-    second = torch.nn.Parameter(torch.zeros(2))
-    cp._schedule(second, schedule)
-    restarted = torch.optim.SGD([second], lr=0.002, momentum=0.9)
-    restarted.load_state_dict(state)
-    second.grad = torch.ones(2)
-    restarted.step()
-    assert restarted.param_groups[0]["coop_step"] == 5
-    assert restarted.param_groups[0]["lr"] == pytest.approx(schedule.lr(0.002, 5))
-    plain = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=0.1)
-    plain.param_groups[0]["params"][0].grad = torch.ones(2)
-    plain.step()
-    assert plain.param_groups[0]["lr"] == 0.1  # other optimizers are left alone
+    # A trial restarted from its step-4 checkpoint continues the schedule at step 5 (run_phase's restart path,
+    # with the checkpoint a first run wrote).
+    from trainables import phase as phase_mod
+
+    checkpoints: list[dict] = []
+
+    def keep(metrics, ckpt):
+        if ckpt:
+            checkpoints.append(torch.load(os.path.join(ckpt, "phase.pt"), weights_only=False))
+
+    cfg = {**config, "steps": 10, "eval_every": 4, "batch_size": 2, "lr": 0.002, "trial_id": "t-restart"}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(phase_mod, "_in_tune", lambda: True)
+        mp.setattr(phase_mod, "_restart_state", lambda: None)
+        cp.run_clip_phase(cfg, report=keep)
+        at_step_4 = next(c for c in checkpoints if c["step"] == 4)
+        mp.setattr(phase_mod, "_restart_state", lambda: at_step_4)
+        seen.clear()
+        handle = register_optimizer_step_post_hook(lambda opt, args, kwargs: seen.append(opt.param_groups[0]["lr"]))
+        try:
+            cp.run_clip_phase(cfg, report=lambda m, c: None)
+        finally:
+            handle.remove()
+    assert seen == pytest.approx([schedule.lr(0.002, s) for s in range(5, 11)])
 
 
 # -- one phase ----------------------------------------------------------------------------------------------

@@ -72,6 +72,16 @@ def _reports(arm: str, b: dict, drop: int = 0) -> list[dict]:
     return rows[: len(rows) - drop]
 
 
+def test_published_settings_apply_per_dataset_unless_a_flag_is_given():
+    args = compare.parse_args(["--datasets", "sst2", "trec", "rte"])
+    assert [compare.base_config(args, d, 0)["max_length"] for d in ("sst2", "trec", "rte")] == [64, 64, 128]
+    assert compare.base_config(args, "sst2", 0)["data"]["test_size"] == 1000
+    assert compare.base_config(args, "trec", 0)["data"].get("test_size") is None
+    given = compare.parse_args(["--max-length", "32", "--test-size", "50"])
+    assert compare.base_config(given, "rte", 0)["max_length"] == 32
+    assert compare.base_config(given, "sst2", 0)["data"]["test_size"] == 50
+
+
 @pytest.mark.parametrize("arm", compare.ARMS)
 def test_check_budget_accepts_exactly_the_budget(arm):
     b = compare.budget(_args())

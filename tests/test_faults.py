@@ -50,9 +50,7 @@ def text_config(fault: dict) -> dict:
     }
 
 
-def records(log_dir) -> list[dict]:
-    with open(os.path.join(log_dir, "generations.jsonl")) as f:
-        return [json.loads(line) for line in f.read().splitlines()]
+records = helpers.generation_records
 
 
 def reported_steps(trial) -> list[int]:

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
+import os
 import pickle
 import socket
-import threading
+import sys
 import time
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
 
 import pytest
@@ -17,96 +15,10 @@ from ray_llm_search.llm import openai_chat
 from ray_llm_search.llm.base import LLMError
 from ray_llm_search.llm.openai_chat import OpenAIChat
 
-JSON = {"Content-Type": "application/json"}
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "scripts"))
+from rls_helpers import JSON, FakeOpenAI, Reply, completion, error  # noqa: E402  (the fake server the fault tests use too)
+
 SENTINEL_KEY = "sk-test-SENTINEL-7f3a9c1e5b"
-
-
-@dataclass
-class Reply:
-    """One scripted answer: status, body (dict as JSON, or raw bytes), headers, and seconds to hang first."""
-
-    status: int = 200
-    body: dict | bytes = field(default_factory=dict)
-    headers: dict = field(default_factory=lambda: dict(JSON))
-    hang_s: float = 0.0
-
-
-def completion(content: str | None = "1. a prompt", prompt_tokens: int = 11, completion_tokens: int = 7,
-               usage: bool = True) -> dict:
-    body = {
-        "id": "chatcmpl-test",
-        "object": "chat.completion",
-        "created": 1_700_000_000,
-        "model": "test-model",
-        "choices": [
-            {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
-        ],
-    }
-    if usage:
-        body["usage"] = {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
-        }
-    return body
-
-
-def error(message: str, code: str = "error") -> dict:
-    return {"error": {"message": message, "type": code, "code": code}}
-
-
-class FakeOpenAI:
-    """A ThreadingHTTPServer on 127.0.0.1 answering POST /v1/chat/completions from a script."""
-
-    def __init__(self) -> None:
-        self.script: list[Reply] = []
-        self.requests: list[dict] = []
-        self.release = threading.Event()  # ends every hang at teardown
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(length)
-                fake.requests.append({
-                    "path": self.path,
-                    "authorization": self.headers.get("Authorization"),
-                    "body": json.loads(raw or b"{}"),
-                })
-                if self.path != "/v1/chat/completions":
-                    reply = Reply(404, error(f"no route {self.path}"))
-                elif fake.script:
-                    reply = fake.script.pop(0)
-                else:
-                    reply = Reply(599, error("script exhausted: unexpected request"))
-                if reply.hang_s:
-                    fake.release.wait(reply.hang_s)
-                data = reply.body if isinstance(reply.body, bytes) else json.dumps(reply.body).encode()
-                try:
-                    self.send_response(reply.status)
-                    for key, value in reply.headers.items():
-                        self.send_header(key, value)
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
-                except OSError:  # the client gave up (timeout)
-                    pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
-                                       daemon=True)
-        self.thread.start()
-        self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-
-    def close(self) -> None:
-        self.release.set()
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=5)
 
 
 @pytest.fixture

@@ -16,7 +16,6 @@ finished round.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -54,12 +53,7 @@ def ray_address():
     ray.shutdown()
 
 
-def records(log_dir) -> list[dict]:
-    path = os.path.join(log_dir, "generations.jsonl")
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f.read().splitlines() if line.strip()]
+records = helpers.generation_records
 
 
 def run_and_kill(tmp_path, api: str, address: str, env: dict | None = None) -> dict:

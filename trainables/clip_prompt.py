@@ -58,7 +58,6 @@ import os
 import re
 import tempfile
 import warnings
-import weakref
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -359,37 +358,6 @@ class CoOpSchedule:
         span = max(1, self.steps - self.warmup_steps)
         progress = min(1.0, (step - self.warmup_steps - 1) / span)
         return 0.5 * base_lr * (1.0 + math.cos(math.pi * progress))
-
-
-# ``run_phase`` builds the optimizer and has no schedule hook, so the schedule is applied by a global
-# optimizer step pre-hook that acts only on optimizers holding a prompt a ClipPromptModel registered. The
-# step count lives in the optimizer's param group, so it is saved in run_phase's checkpoint with the optimizer
-# and a restarted trial continues the schedule where it stopped.
-_SCHEDULED: dict[int, tuple[weakref.ref, CoOpSchedule]] = {}
-_HOOK: list = []
-
-
-def _schedule_hook(optimizer: torch.optim.Optimizer, args, kwargs) -> None:
-    if not _SCHEDULED:
-        return
-    for group in optimizer.param_groups:
-        entry = next((e for p in group["params"] if (e := _SCHEDULED.get(id(p))) is not None and e[0]() is p), None)
-        if entry is None:
-            continue
-        step = int(group.get("coop_step", 0)) + 1
-        group["coop_step"] = step
-        base = group.setdefault("coop_base_lr", group["lr"])
-        group["lr"] = entry[1].lr(base, step)
-
-
-def _schedule(parameter: torch.Tensor, schedule: CoOpSchedule) -> None:
-    for key in [k for k, (ref, _) in _SCHEDULED.items() if ref() is None]:
-        del _SCHEDULED[key]
-    _SCHEDULED[id(parameter)] = (weakref.ref(parameter), schedule)
-    if not _HOOK:
-        from torch.optim.optimizer import register_optimizer_step_pre_hook
-
-        _HOOK.append(register_optimizer_step_pre_hook(_schedule_hook))
 
 
 # -- features -----------------------------------------------------------------------------------------------
@@ -716,11 +684,11 @@ class ClipPromptModel(torch.nn.Module):
     def load_extra_state(self, state: dict) -> None:
         pass
 
+    def lr_at(self, base_lr: float, step: int) -> float:
+        """``run_phase``'s schedule hook: CoOp's warm-up + cosine when a schedule is set, else ``base_lr``."""
+        return base_lr if self.schedule is None else self.schedule.lr(base_lr, step)
+
     def loss(self, vectors: torch.Tensor, batch: list[CachedImage]) -> torch.Tensor:
-        if self.schedule is not None and vectors.requires_grad:
-            entry = _SCHEDULED.get(id(vectors))
-            if entry is None or entry[0]() is not vectors:
-                _schedule(vectors, self.schedule)
         images, labels = self._image_features(batch, random_view=True)
         logits = self.logit_scale * images @ self.text_features(vectors).T
         return F.cross_entropy(logits, labels)

@@ -9,6 +9,9 @@ A ``PromptModel`` (text soft prompts, CLIP CoOp, your own) supplies the model-sp
 - ``extra_parameters() -> list[Parameter]`` also trained (e.g. a linear head), with
   ``extra_state()`` / ``load_extra_state(state)``
 - ``identity() -> dict`` that vectors must match to be loaded (model name, shape)
+- optional ``lr_at(base_lr, step) -> float``: the learning rate of optimizer step ``step`` (1-based) for a
+  schedule (CoOp's warm-up + cosine); without it the rate stays ``lr``. It is a function of the step alone, so
+  a trial restarted from its checkpoint continues the schedule where it stopped.
 """
 
 from __future__ import annotations
@@ -151,6 +154,9 @@ def run_phase(config: dict, model, train: list, val: list,
     if restored is not None and restored.get("optimizer"):
         optimizer.load_state_dict(restored["optimizer"])
 
+    lr_at = getattr(model, "lr_at", None)
+    base_lr = float(cfg["lr"])
+
     def evaluate_and_report(step: int, train_loss: float) -> None:
         nonlocal best
         val_loss, val_acc = model.evaluate(prompt.detach(), val)
@@ -189,6 +195,9 @@ def run_phase(config: dict, model, train: list, val: list,
         optimizer.zero_grad(set_to_none=True)
         loss = model.loss(prompt, batch)
         loss.backward()
+        if lr_at is not None:
+            for group in optimizer.param_groups:
+                group["lr"] = float(lr_at(base_lr, step))
         optimizer.step()
         running.append(float(loss.detach()))
         if step % eval_every == 0 or step == steps:

@@ -133,11 +133,21 @@ class CallLogLLM(LLM):
         return ["\n".join(f"{i + 1}. idea {call} number {i}" for i in range(n))]
 
 
-def llm_calls(calls_file: str) -> list[dict]:
-    if not os.path.exists(calls_file):
+def read_jsonl(path: str) -> list[dict]:
+    """The JSON lines of ``path``; [] while it does not exist yet."""
+    if not os.path.exists(path):
         return []
-    with open(calls_file) as f:
+    with open(path) as f:
         return [json.loads(line) for line in f.read().splitlines() if line.strip()]
+
+
+def llm_calls(calls_file: str) -> list[dict]:
+    return read_jsonl(calls_file)
+
+
+def generation_records(log_dir) -> list[dict]:
+    """``generations.jsonl`` of a search's ``log_dir``: one record per finished generation."""
+    return read_jsonl(os.path.join(str(log_dir), "generations.jsonl"))
 
 
 # -- a fake OpenAI-compatible server ------------------------------------------------------------------------------
@@ -157,12 +167,16 @@ class Reply:
     close_after: bool = False
 
 
-def completion(content: str | None) -> dict:
-    return {
+def completion(content: str | None = "1. a prompt", prompt_tokens: int = 10, completion_tokens: int = 5,
+               usage: bool = True) -> dict:
+    body = {
         "id": "chatcmpl-test", "object": "chat.completion", "created": 1_700_000_000, "model": "test-model",
         "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
     }
+    if usage:
+        body["usage"] = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                         "total_tokens": prompt_tokens + completion_tokens}
+    return body
 
 
 def error(message: str, code: str = "error") -> dict:
