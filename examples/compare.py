@@ -31,6 +31,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import random
 import statistics
 import sys
@@ -134,6 +135,17 @@ class GradientChains(Searcher):
             for chain in range(self.population):
                 _, text, path = self.chain_best[chain]
                 self.queue.append({"prompt_init": text, "resume_from": path, "chain": chain})
+
+    def save(self, checkpoint_path: str) -> None:
+        """Plain data only (queue, members, chain bests, the phase-seed generator), written atomically."""
+        tmp = checkpoint_path + ".tmp"
+        with open(tmp, "wb") as f:
+            pickle.dump(dict(self.__dict__), f)
+        os.replace(tmp, checkpoint_path)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            self.__dict__.update(pickle.load(f))
 
 
 # -- running one arm ---------------------------------------------------------------------------------------

@@ -126,7 +126,11 @@ def test_gradient_chains_start_like_llm_search_and_continue_their_own_vectors(tm
             chains.on_trial_result(f"c{i}", {"val_acc": acc, "loss": 1.0, "step": step, "prompt_text": f"p{i} {step}",
                                              "vectors_path": f"/v/c{i}.pt"})
         chains.on_trial_complete(f"c{i}")
+    chains.save(str(tmp_path / "chains.pkl"))  # what Tune checkpoints; a restored copy continues the same way
+    restored = compare.GradientChains(seeds, 4, 3, seed=0, log_dir=str(tmp_path / "other"))
+    restored.restore(str(tmp_path / "chains.pkl"))
     nxt = [chains.suggest(f"d{i}") for i in range(4)]
+    assert [restored.suggest(f"d{i}") for i in range(4)] == nxt
     assert [c["resume_from"] for c in nxt] == [f"/v/c{i}.pt" for i in range(4)]
     assert [c["prompt_init"] for c in nxt] == [f"p{i} 4" for i in range(4)]  # each chain's best, not the last
     assert all(c["generation"] == 1 and c["origin"] == "chain" for c in nxt)
