@@ -524,7 +524,16 @@ def parse_args(argv=None):
     p.add_argument("--no-seed-prompt", action="store_true", help="skip the seed prompt's test accuracy row")
     p.add_argument("--replot", action="store_true", help="only rewrite the table and plots from results.json")
     p.add_argument("--verbose", type=int, default=0)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.head == "linear" and not args.replot:
+        # A linear head is trained with the prompt: evaluated without gradient steps it is its random init.
+        if "llm" in args.arms:
+            p.error("--head linear: the LLM-only arm evaluates prompts without gradient steps, so its linear head "
+                    "would stay untrained; use --arms gradient llm+gradient (or --head label_names)")
+        if not args.no_seed_prompt:
+            p.error("--head linear: the seed prompt's test row would use an untrained linear head; add "
+                    "--no-seed-prompt")
+    return args
 
 
 def main(argv=None, llm_factory=None) -> dict:

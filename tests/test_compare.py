@@ -72,6 +72,18 @@ def _reports(arm: str, b: dict, drop: int = 0) -> list[dict]:
     return rows[: len(rows) - drop]
 
 
+@pytest.mark.parametrize("argv, says", [
+    (["--head", "linear"], "LLM-only arm"),
+    (["--head", "linear", "--arms", "gradient", "llm+gradient"], "--no-seed-prompt"),
+])
+def test_linear_head_refuses_arms_that_would_score_an_untrained_head(argv, says, capsys):
+    with pytest.raises(SystemExit):
+        compare.parse_args(argv)
+    assert says in capsys.readouterr().err
+    ok = compare.parse_args(["--head", "linear", "--arms", "gradient", "llm+gradient", "--no-seed-prompt"])
+    assert ok.arms == ["gradient", "llm+gradient"]
+
+
 def test_published_settings_apply_per_dataset_unless_a_flag_is_given():
     args = compare.parse_args(["--datasets", "sst2", "trec", "rte"])
     assert [compare.base_config(args, d, 0)["max_length"] for d in ("sst2", "trec", "rte")] == [64, 64, 128]
