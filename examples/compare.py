@@ -166,6 +166,26 @@ def setting(args, dataset: str, name: str):
     return DATASET_DEFAULTS.get(dataset, {}).get(name, GLOBAL_DEFAULTS[name])
 
 
+# The arguments that change a run's result (beside the budget): a run recorded with other values is not
+# the run asked for. Paths, CPU counts, the LLM's endpoint and key variable are not among them.
+RESULT_ARGS = ("model", "head", "shots", "val_shots", "test_size", "max_length", "lr", "batch_size", "prompt_length",
+               "max_prompt_words", "elites", "llm", "llm_model")
+
+
+def check_recorded(run: dict, args, b: dict) -> None:
+    """A run already in results.json is reused only if it was made at this budget and with these settings."""
+    where = f"results.json holds {run['dataset']}/{run['arm']}/seed {run['seed']}"
+    if run["budget"] != b:
+        raise ValueError(f"{where} at another budget ({run['budget']}); use --force or another --out")
+    recorded = run.get("args", {})
+    differ = {k: (recorded.get(k), setting(args, run["dataset"], k) if k in GLOBAL_DEFAULTS else getattr(args, k))
+              for k in RESULT_ARGS}
+    differ = {k: v for k, v in differ.items() if v[0] != v[1]}
+    if differ:
+        said = ", ".join(f"{k}: recorded {old!r}, asked {new!r}" for k, (old, new) in differ.items())
+        raise ValueError(f"{where} with other settings ({said}); use --force or another --out")
+
+
 def budget(args) -> dict:
     if args.steps % args.eval_every:
         raise ValueError(f"--steps ({args.steps}) must be a multiple of --eval-every ({args.eval_every})")
@@ -563,9 +583,7 @@ def main(argv=None, llm_factory=None) -> dict:
                 for arm in args.arms:
                     done = [r for r in results["runs"] if (r["dataset"], r["seed"], r["arm"]) == (dataset, seed, arm)]
                     if done and not args.force:
-                        if done[0]["budget"] != b:
-                            raise ValueError(f"results.json holds {dataset}/{arm}/seed {seed} at another budget "
-                                             f"({done[0]['budget']}); use --force or another --out")
+                        check_recorded(done[0], args, b)
                         continue
                     run = run_arm(args, dataset, seed, arm, storage, llm_factory)
                     run["args"] = {k: v for k, v in vars(args).items() if k not in ("force", "replot", "verbose")}

@@ -84,6 +84,23 @@ def test_linear_head_refuses_arms_that_would_score_an_untrained_head(argv, says,
     assert ok.arms == ["gradient", "llm+gradient"]
 
 
+def test_a_recorded_run_is_reused_only_at_the_same_budget_and_settings():
+    args = compare.parse_args(["--datasets", "rte"])
+    b = compare.budget(args)
+    run = {"dataset": "rte", "arm": "gradient", "seed": 0, "budget": b,
+           "args": {k: compare.setting(args, "rte", k) if k in compare.GLOBAL_DEFAULTS else getattr(args, k)
+                    for k in compare.RESULT_ARGS}}
+    compare.check_recorded(run, args, b)  # the published settings: reused
+    compare.check_recorded(run, compare.parse_args(["--datasets", "rte", "--cpus", "1", "--storage", "/x"]), b)
+    with pytest.raises(ValueError, match=r"rte/gradient/seed 0 with other settings \(max_length: recorded 128, asked 64\)"):
+        compare.check_recorded(run, compare.parse_args(["--max-length", "64"]), b)
+    with pytest.raises(ValueError, match=r"lr: recorded 0.05, asked 0.1"):
+        compare.check_recorded(run, compare.parse_args(["--lr", "0.1"]), b)
+    other = compare.parse_args(["--steps", "4"])
+    with pytest.raises(ValueError, match="at another budget"):
+        compare.check_recorded(run, other, compare.budget(other))
+
+
 def test_published_settings_apply_per_dataset_unless_a_flag_is_given():
     args = compare.parse_args(["--datasets", "sst2", "trec", "rte"])
     assert [compare.base_config(args, d, 0)["max_length"] for d in ("sst2", "trec", "rte")] == [64, 64, 128]
