@@ -101,7 +101,7 @@ def main(argv=None) -> dict:
     import ray
     from ray import tune
 
-    from ray_llm_search import LLMSearch, LocalLLM, OpenAIChat
+    from ray_llm_search import LLMSearch, make_llm
 
     name = args.name or "cluster_" + datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     storage = args.storage if _is_uri(args.storage) else os.path.abspath(os.path.expanduser(args.storage))
@@ -128,11 +128,8 @@ def main(argv=None) -> dict:
 
     if args.llm == "scripted":
         llm = ScriptedLLM()
-    elif args.llm == "openai":
-        llm = OpenAIChat(args.model or "gpt-4o-mini", base_url=args.base_url, api_key_env=args.api_key_env or None)
     else:
-        llm = LocalLLM(args.model, seed=args.seed)
-        llm.load()
+        llm = make_llm(args.llm, args.model, base_url=args.base_url, api_key_env=args.api_key_env, seed=args.seed)
     search = LLMSearch(llm, TASK, SEEDS, metric="val_acc", mode="max", population=args.population,
                        generations=args.generations, elites=args.elites, max_prompt_words=12, seed=args.seed,
                        log_dir=log_dir)

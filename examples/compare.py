@@ -208,13 +208,10 @@ def base_config(args, dataset: str, seed: int) -> dict:
 
 
 def make_llm(args, seed: int):
-    from ray_llm_search import LocalLLM, OpenAIChat
+    from ray_llm_search.llm import make_llm as llm_from_flags
 
-    if args.llm == "openai":
-        return OpenAIChat(args.llm_model or "gpt-4o-mini", base_url=args.base_url, api_key_env=args.api_key_env)
-    llm = LocalLLM(args.llm_model, seed=seed, max_new_tokens=24)
-    llm.load()
-    return llm
+    return llm_from_flags(args.llm, args.llm_model, base_url=args.base_url, api_key_env=args.api_key_env, seed=seed,
+                          **({"max_new_tokens": 24} if args.llm == "local" else {}))
 
 
 def run_arm(args, dataset: str, seed: int, arm: str, storage: str, llm_factory=None) -> dict:

@@ -98,7 +98,7 @@ def main(argv=None) -> dict:
     import ray
     from ray import tune
 
-    from ray_llm_search import LLMSearch, LocalLLM, OpenAIChat
+    from ray_llm_search import LLMSearch, make_llm
     from trainables.clip_prompt import (
         TINY_MODEL_CONFIG,
         clip_config,
@@ -140,11 +140,7 @@ def main(argv=None) -> dict:
     name = args.name or "coop_" + datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     storage = os.path.abspath(os.path.expanduser(args.storage))
     experiment = os.path.join(storage, name)
-    if args.llm == "openai":
-        llm = OpenAIChat(args.llm_model or "gpt-4o-mini", base_url=args.base_url, api_key_env=args.api_key_env or None)
-    else:
-        llm = LocalLLM(args.llm_model, seed=args.seed)
-        llm.load()
+    llm = make_llm(args.llm, args.llm_model, base_url=args.base_url, api_key_env=args.api_key_env, seed=args.seed)
     search = LLMSearch(llm, task, SEEDS, metric="val_acc", mode="max", population=args.population,
                        generations=args.generations, elites=args.elites, max_prompt_words=max(4, args.n_ctx),
                        seed=args.seed, log_dir=experiment)

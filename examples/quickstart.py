@@ -58,7 +58,7 @@ def main(argv=None) -> dict:
     import ray
     from ray import tune
 
-    from ray_llm_search import LLMSearch, LocalLLM, OpenAIChat
+    from ray_llm_search import LLMSearch, make_llm
     from trainables.data import bbc_news_spec
     from trainables.text_prompt import evaluate_prompt, train_text_prompt
 
@@ -75,12 +75,9 @@ def main(argv=None) -> dict:
         "prompt_length": 8,
         "max_length": args.max_length,
     }
-    if args.llm == "openai":
-        llm = OpenAIChat(args.model or "gpt-4o-mini", base_url=args.base_url, api_key_env=args.api_key_env or None)
-    else:
-        llm = LocalLLM(args.model, seed=args.seed)
-        t = time.time()
-        llm.load()  # the first run also de-quantises the GGUF once (about 40 s), cached after
+    t = time.time()
+    llm = make_llm(args.llm, args.model, base_url=args.base_url, api_key_env=args.api_key_env, seed=args.seed)
+    if args.llm == "local":  # the first run also de-quantises the GGUF once (about 40 s), cached after
         print(f"mentor LLM loaded in {time.time() - t:.1f}s")
     search = LLMSearch(
         llm, TASK, SEEDS, metric="val_acc", mode="max", population=args.population, generations=args.generations,

@@ -3,7 +3,7 @@
 The searcher never imports torch or a model; the trainables (package ``trainables``) do the gradient work.
 """
 
-from ray_llm_search.llm import LLM, LLMError, LocalLLM, OpenAIChat
+from ray_llm_search.llm import LLM, LLMError, LocalLLM, OpenAIChat, make_llm
 from ray_llm_search.mentor import Mentor
 from ray_llm_search.pool import Evaluation, PromptPool, Trajectory
 from ray_llm_search.searcher import LLMSearch
@@ -18,5 +18,6 @@ __all__ = [
     "Evaluation",
     "PromptPool",
     "Trajectory",
+    "make_llm",
 ]
 __version__ = "0.1.0"

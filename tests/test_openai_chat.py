@@ -296,3 +296,20 @@ def test_pickle_after_use_holds_no_key_and_still_works(server, monkeypatch, slee
     assert restored.usage["completion_tokens"] == 5
     assert llm.usage["completion_tokens"] == 4  # the original is independent
     assert SENTINEL_KEY.encode() not in pickle.dumps(restored)
+
+
+# -- make_llm: what the example scripts' --llm flags build ------------------------------------------------------
+
+
+def test_make_llm_builds_the_client_the_flags_name(monkeypatch):
+    from ray_llm_search import LocalLLM, make_llm
+
+    keyless = make_llm("openai", base_url="http://127.0.0.1:1/v1", api_key_env="")
+    assert isinstance(keyless, OpenAIChat) and keyless.model == "gpt-4o-mini" and keyless.api_key_env is None
+    monkeypatch.delenv("RLS_TEST_UNSET_KEY", raising=False)
+    with pytest.raises(ValueError, match="'RLS_TEST_UNSET_KEY'"):
+        make_llm("openai", "m", api_key_env="RLS_TEST_UNSET_KEY")
+    local = make_llm("local", seed=3, load=False, max_new_tokens=24)
+    assert isinstance(local, LocalLLM) and (local.seed, local.max_new_tokens, local._model) == (3, 24, None)
+    with pytest.raises(ValueError, match=r"LLM kind must be one of \('local', 'openai'\), got 'vllm'"):
+        make_llm("vllm")
