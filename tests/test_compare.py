@@ -198,13 +198,10 @@ def test_roberta_large_offline_is_a_clear_value_error():
     assert "VALUEERROR cannot load model 'roberta-large'" in out.stdout, out.stderr[-2000:]
 
 
-def test_sentence_pairs_with_a_linear_head(tmp_path):
-    import torch
-
+def test_sentence_pairs_with_a_linear_head(tmp_path, one_torch_thread):
     from trainables.phase import run_phase
     from trainables.text_prompt import build_classifier, dataset_for, evaluate_prompt
 
-    torch.set_num_threads(1)
     config = {"data": shared_data_spec("rte", root=str(SHARED_DATA), shots=2, val_shots=2, test_size=8),
               "head": "linear", "prompt_init": "does the first sentence imply the second", "prompt_length": 4,
               "max_length": 64, "steps": 2, "eval_every": 1, "batch_size": 4, "phase_seed": 0, "device": "cpu",

@@ -166,7 +166,7 @@ def llm_fault_run(ray_session, tmp_path_factory):
     mp.setenv(KEY_ENV, "sk-faults-test")
     mp.setattr(searcher_module, "REASK_BACKOFF_S", 0.2)
     server = helpers.FakeOpenAI(llm_fault_script())
-    handler = _Capture()
+    handler = helpers.LogCapture()
     logging.getLogger("ray_llm_search").addHandler(handler)
     try:
         llm = OpenAIChat("test-model", base_url=server.base_url, api_key_env=KEY_ENV, timeout_s=1.0, retries=RETRIES,
@@ -183,15 +183,6 @@ def llm_fault_run(ray_session, tmp_path_factory):
         logging.getLogger("ray_llm_search").removeHandler(handler)
         server.close()
         mp.undo()
-
-
-class _Capture(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
 
 
 EXPECTED_FAULTS = {

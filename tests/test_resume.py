@@ -105,18 +105,9 @@ def check_resumed(run: dict, statuses: list[str]) -> None:
     assert [step for step, _ in texts["llm_search/meta_prompt/text_summary"]] == list(range(1, GENERATIONS))
 
 
-class _Capture(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
-
-
 @pytest.fixture
 def searcher_log():
-    handler = _Capture()
+    handler = helpers.LogCapture()
     package = logging.getLogger("ray_llm_search")
     level = package.level
     package.setLevel(logging.INFO)

@@ -23,14 +23,7 @@ PROMPT = "the topic is"
 LENGTH = 4  # PROMPT is 3 tokens, so its vectors read "the topic is the"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """MiniLM is small: on a shared 2-core machine, two intra-op threads wait on each other far longer than
-    they save (a 4x slower file under load)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

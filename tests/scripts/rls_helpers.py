@@ -8,6 +8,7 @@ Nothing here is used by the packages.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -148,6 +149,17 @@ def llm_calls(calls_file: str) -> list[dict]:
 def generation_records(log_dir) -> list[dict]:
     """``generations.jsonl`` of a search's ``log_dir``: one record per finished generation."""
     return read_jsonl(os.path.join(str(log_dir), "generations.jsonl"))
+
+
+class LogCapture(logging.Handler):
+    """Keeps the messages of the records it is handed (INFO and up)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
 
 
 # -- a fake OpenAI-compatible server ------------------------------------------------------------------------------
