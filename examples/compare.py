@@ -42,8 +42,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from ray.tune import Callback  # noqa: E402
 from ray.tune.search import Searcher  # noqa: E402
 
-ARMS = ("gradient", "llm", "llm+gradient")
-ARM_LABELS = {"gradient": "gradient only", "llm": "LLM only (OPRO-style)", "llm+gradient": "LLM + gradient (LLMSearch)"}
+ARMS = ("gradient", "llm", "llm+gradient", "screened", "screened-perturb")
+ARM_LABELS = {"gradient": "gradient only", "llm": "LLM only (OPRO-style)", "llm+gradient": "LLM + gradient (LLMSearch)",
+              "screened": "chains + screened LLM starts", "screened-perturb": "chains + screened perturbed starts (no LLM)"}
+DEFAULT_ARMS = ("gradient", "llm", "llm+gradient")
 
 TASKS: dict[str, tuple[str, list[str]]] = {
     "sst2": ("Classify the sentiment of a movie review as positive or negative. The prompt is placed before "
@@ -58,6 +60,9 @@ TASKS: dict[str, tuple[str, list[str]]] = {
                 "prompt is placed before the article.",
                 ["the topic of this news article is", "news category:", "this text is about",
                  "classify the article"]),
+    "bbc": ("Classify a BBC news article into one of five topics: business, entertainment, politics, sport, "
+            "technology. The prompt is placed before the article.",
+            ["the topic of this news article is", "news category:", "this text is about", "classify the article"]),
     "rte": ("Decide whether the first sentence implies the second: yes or no. The prompt is placed before the "
             "sentence pair.",
             ["does the first sentence imply the second", "is the second sentence true", "entailment:",
@@ -151,10 +156,21 @@ class GradientChains(Searcher):
 # -- running one arm ---------------------------------------------------------------------------------------
 
 
+class NoLLM:
+    """The mentor of the arms that must not ask one (``proposals="perturb"``): any call is a bug."""
+
+    style = "completion"
+    usage: dict = {}
+    faults: dict = {}
+
+    def propose(self, meta_prompt: str, n: int) -> list[str]:
+        raise AssertionError("this arm asks no LLM")
+
+
 # Settings the published table uses per dataset where the flag is not given: SST-2's test split is capped at
 # 1,000 sentences (500 per class, of 1,821), and RTE's premise + hypothesis get 128 tokens (with 64, 8 prompt
 # vectors leave 56, which 43% of RTE's validation pairs exceed; 13% exceed 120).
-DATASET_DEFAULTS: dict[str, dict] = {"sst2": {"test_size": 1000}, "rte": {"max_length": 128}}
+DATASET_DEFAULTS: dict[str, dict] = {"sst2": {"test_size": 1000}, "bbc": {"test_size": 1000}, "rte": {"max_length": 128}}
 GLOBAL_DEFAULTS = {"test_size": None, "max_length": 64}
 
 
@@ -198,13 +214,18 @@ def budget(args) -> dict:
 
 
 def base_config(args, dataset: str, seed: int) -> dict:
-    from trainables.data import shared_data_spec
+    from trainables.data import bbc_news_spec, shared_data_spec
 
-    data = shared_data_spec(dataset, root=args.data_root, shots=args.shots, val_shots=args.val_shots,
-                            test_size=setting(args, dataset, "test_size"), seed=seed)
+    if dataset == "bbc":
+        data = bbc_news_spec(shots=args.shots, val_shots=args.val_shots or args.shots,
+                             test_size=setting(args, dataset, "test_size"), seed=seed)
+    else:
+        data = shared_data_spec(dataset, root=args.data_root, shots=args.shots, val_shots=args.val_shots,
+                                test_size=setting(args, dataset, "test_size"), seed=seed)
     return {"data": data, "model": args.model, "head": args.head, "steps": args.steps, "eval_every": args.eval_every,
             "lr": args.lr, "batch_size": args.batch_size, "prompt_length": args.prompt_length,
-            "max_length": setting(args, dataset, "max_length"), "device": "cpu" if args.cpu else "auto"}
+            "max_length": setting(args, dataset, "max_length"), "device": "cpu" if args.cpu else "auto",
+            **({"keep_all_vectors": True} if getattr(args, "keep_vectors", False) else {})}
 
 
 def make_llm(args, seed: int):
@@ -231,23 +252,32 @@ def run_arm(args, dataset: str, seed: int, arm: str, storage: str, llm_factory=N
     if arm == "gradient":
         search = GradientChains(seeds, args.population, args.generations, seed, log_dir)
     else:
-        llm = (llm_factory or make_llm)(args, seed)
+        llm = NoLLM() if arm == "screened-perturb" else (llm_factory or make_llm)(args, seed)
         if arm == "llm":
             config["steps"] = 0
             width = args.population * b["evals_per_phase"]  # as many evaluations per generation as the others
             search = LLMSearch(llm, task, seeds, metric="val_acc", mode="max", population=width,
                                generations=args.generations, elites=0, candidates_per_round=width,
                                max_prompt_words=args.max_prompt_words, seed=seed, log_dir=log_dir)
-        else:
+        elif arm == "llm+gradient":
             search = LLMSearch(llm, task, seeds, metric="val_acc", mode="max", population=args.population,
                                generations=args.generations, elites=args.elites,
                                max_prompt_words=args.max_prompt_words, seed=seed, log_dir=log_dir)
+        else:
+            search = LLMSearch(llm, task, seeds, metric="val_acc", mode="max", population=args.population,
+                               elites=args.population, schedule=screened_schedule(args), reuse_start_score=True,
+                               proposals="perturb" if arm == "screened-perturb" else "llm",
+                               candidate_start=args.candidate_start, max_prompt_words=args.max_prompt_words,
+                               seed=seed, log_dir=log_dir)
     recorder = Recorder()
     started = time.time()
-    tune.run(train_text_prompt, name=name, storage_path=storage, config=config, search_alg=search,
-             num_samples=search.total_trials, resources_per_trial={"cpu": 1}, metric="val_acc", mode="max",
-             callbacks=[recorder], verbose=args.verbose, raise_on_failed_trial=False, reuse_actors=True,
-             trial_dirname_creator=lambda trial: f"phase_{trial.trial_id}")
+    if args.backend == "inline":
+        drive_inline(search, config, recorder)
+    else:
+        tune.run(train_text_prompt, name=name, storage_path=storage, config=config, search_alg=search,
+                 num_samples=search.total_trials, resources_per_trial={"cpu": 1}, metric="val_acc", mode="max",
+                 callbacks=[recorder], verbose=args.verbose, raise_on_failed_trial=False, reuse_actors=True,
+                 trial_dirname_creator=lambda trial: f"phase_{trial.trial_id}")
     search_wall = time.time() - started
     evaluations = recorder.evaluations()
     counts = check_budget(arm, evaluations, b)
@@ -279,6 +309,52 @@ def _split_sizes(config: dict) -> dict:
     return {"train": len(data.train), "val": len(data.val), "test": len(data.test)}
 
 
+def screened_schedule(args) -> list[dict]:
+    """The screened arms' generations at the gradient arm's budget: generation 0 evaluates the seed prompts as
+    text (``P`` evaluations), then ``G`` generations of ``K`` steps in which every chain continues (its start
+    score reused, not recomputed); the first of them screens ``G - 1`` candidates per chain, which spends the
+    ``P * (G - 1)`` evaluations that the gradient arm uses to re-evaluate its resumed starts."""
+    first = {"steps": args.steps, "screen": args.generations - 1} if args.generations > 1 else {"steps": args.steps}
+    return [{"steps": 0}, first] + [{"steps": args.steps} for _ in range(args.generations - 1)]
+
+
+def drive_inline(search, config: dict, recorder: Recorder, max_wait_s: float = 900.0) -> None:
+    """The search without Tune: trials one after another in this process, fed to the searcher as Tune would
+    (suggest, each result, completion). Same phases, seeds and results as ``tune.run`` (a phase does not depend
+    on what runs beside it); used to measure many arms quickly on few cores."""
+    from ray.tune.search import Searcher
+
+    from trainables.phase import run_phase
+    from trainables.text_prompt import build_classifier, dataset_for
+
+    search.set_search_properties("val_acc", "max", config, num_samples=search.total_trials)
+    data = dataset_for(config)
+    count, deadline = 0, time.monotonic() + max_wait_s
+    while True:
+        trial_id = f"inline{count:05d}"
+        suggested = search.suggest(trial_id)
+        if suggested == Searcher.FINISHED:
+            return
+        if suggested is None:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the searcher gave no trial for {max_wait_s}s after {count} trials")
+            time.sleep(0.02)  # an LLM round is running
+            continue
+        count += 1
+        deadline = time.monotonic() + max_wait_s
+        cfg = {**config, **suggested, "trial_id": trial_id}
+        last: dict = {}
+
+        def report(metrics: dict, checkpoint, trial_id=trial_id, cfg=cfg, last=last) -> None:
+            last.clear()
+            last.update(metrics)
+            search.on_trial_result(trial_id, dict(metrics))
+            recorder.add(trial_id, cfg, metrics)
+
+        run_phase(cfg, build_classifier(cfg, data), data.train, data.val, report=report)
+        search.on_trial_complete(trial_id, dict(last))
+
+
 class Recorder(Callback):
     """A Tune callback keeping every evaluation each trial reported (what the budget checks count)."""
 
@@ -286,45 +362,62 @@ class Recorder(Callback):
         self.rows: dict[tuple, dict] = {}
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        self.add(trial.trial_id, trial.config, result)
+
+    def add(self, trial_id: str, cfg: dict, result: dict) -> None:
         if "val_acc" not in result or "step" not in result:
             return
-        cfg = trial.config
-        # a function trainable's final result may repeat its last report: one row per (trial, step)
-        self.rows[(trial.trial_id, int(result["step"]))] = {
-            "trial_id": trial.trial_id, "generation": int(cfg.get("generation", 0)),
+        # a function trainable's final result may repeat its last report: one row per (trial, step, screen)
+        key = (trial_id, int(result["step"]), int(result.get("screen_index", -1)) if result.get("screen") else -1)
+        self.rows[key] = {
+            "trial_id": trial_id, "generation": int(cfg.get("generation", 0)),
             "origin": cfg.get("origin"), "prompt_init": cfg.get("prompt_init"),
             "phase_seed": cfg.get("phase_seed"), "resumed": bool(cfg.get("resume_from")),
             "step": int(result["step"]), "val_acc": float(result["val_acc"]),
             "loss": float(result.get("loss", math.nan)), "prompt_text": result.get("prompt_text"),
-            "vectors_path": result.get("vectors_path"),
+            "vectors_path": None if result.get("screen") else result.get("vectors_path"),
+            "screen": bool(result.get("screen")), "reused": bool(result.get("reused")),
+            "evaluations": result.get("evaluations"), "start": result.get("start"),
+            "start_text": result.get("start_text"), "step_vectors_path": result.get("step_vectors_path"),
         }
 
     def evaluations(self) -> list[dict]:
-        return sorted(self.rows.values(), key=lambda r: (r["generation"], r["trial_id"], r["step"]))
+        return sorted(self.rows.values(), key=lambda r: (r["generation"], r["trial_id"], r["step"], not r["screen"]))
 
 
 def check_budget(arm: str, evaluations: list[dict], b: dict) -> dict:
-    """Gradient steps and evaluations as the trials reported them; raises if they are not the budget."""
+    """Gradient steps and evaluations as the trials reported them; raises if they are not the budget.
+
+    A trial's evaluations are the forward evaluations it says it computed (``evaluations``, screened candidates
+    included, a reused start score excluded); a trial that does not say is counted by its rows."""
     last_step: dict[str, int] = {}
     per_trial: dict[str, int] = {}
+    said: dict[str, int] = {}
     for e in evaluations:
         last_step[e["trial_id"]] = max(last_step.get(e["trial_id"], 0), e["step"])
         per_trial[e["trial_id"]] = per_trial.get(e["trial_id"], 0) + 1
+        if e.get("evaluations") is not None:
+            said[e["trial_id"]] = max(said.get(e["trial_id"], 0), int(e["evaluations"]))
     steps = sum(last_step.values())
-    n_evals = len(evaluations)
+    n_evals = sum(said.get(t, n) for t, n in per_trial.items())
     want_steps = 0 if arm == "llm" else b["gradient_steps"]
     if steps != want_steps or n_evals != b["evaluations"]:
         raise AssertionError(f"arm {arm}: trials reported {steps} gradient steps and {n_evals} evaluations; the budget "
                              f"is {want_steps} and {b['evaluations']} ({len(per_trial)} trials)")
-    return {"gradient_steps": steps, "n_evaluations": n_evals, "trials": len(per_trial)}
+    return {"gradient_steps": steps, "n_evaluations": n_evals, "trials": len(per_trial),
+            "reused_scores": sum(e.get("reused", False) for e in evaluations),
+            "screened": sum(e.get("screen", False) for e in evaluations) + sum(
+                str(e.get("start") or "").startswith("candidate") for e in evaluations)}
 
 
 def select_best(evaluations: list[dict]) -> dict:
     """The arm's best evaluation: highest validation accuracy, then lower loss, then earliest.
 
     A phase saves its vectors whenever it improves under this same order, so the trial's vectors file holds
-    exactly this evaluation's vectors."""
-    return max(evaluations, key=lambda e: (e["val_acc"], -e["loss"], -e["generation"], -e["step"]))
+    exactly this evaluation's vectors. A screened candidate that lost (no vectors of its own) is never chosen;
+    it scored below the start its phase took, which is a candidate here too."""
+    usable = [e for e in evaluations if not e.get("screen")]
+    return max(usable, key=lambda e: (e["val_acc"], -e["loss"], -e["generation"], -e["step"]))
 
 
 def best_so_far(evaluations: list[dict], b: dict, axis: str) -> list[tuple[float, float]]:
@@ -337,8 +430,20 @@ def best_so_far(evaluations: list[dict], b: dict, axis: str) -> list[tuple[float
     p, k, e, every = b["population"], b["steps_per_phase"], b["evals_per_phase"], b["eval_every"]
     width = p * k
     zero_step = all(q["step"] == 0 for q in evaluations)
-    points = []
+    gen_steps: dict[int, int] = {}
     for r in evaluations:
+        gen_steps[r["generation"]] = max(gen_steps.get(r["generation"], 0), r["step"])
+    scheduled = any(r.get("screen") or r.get("reused") for r in evaluations) or (
+        len(gen_steps) > 1 and gen_steps.get(0) == 0 and not zero_step)
+    points = []
+    if scheduled:  # generations of different lengths: place points by the steps and evaluations before them
+        offset_steps = {g: p * sum(gen_steps[h] for h in gen_steps if h < g) for g in gen_steps}
+        spent = 0
+        for r in evaluations:
+            spent += 0 if r.get("reused") else 1
+            x = offset_steps[r["generation"]] + p * r["step"] if axis == "steps" else spent
+            points.append((x, r["val_acc"]))
+    for r in evaluations if not scheduled else []:
         g, s = r["generation"], r["step"]
         if axis == "steps":
             x = g * width + p * s
@@ -510,7 +615,14 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--datasets", nargs="+", default=["sst2"], choices=sorted(TASKS))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="each seed fixes the splits and phases")
-    p.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
+    p.add_argument("--arms", nargs="+", default=list(DEFAULT_ARMS), choices=ARMS)
+    p.add_argument("--candidate-start", default="text", choices=["text", "mix"],
+                   help="screened arms: a winning candidate starts from its embedding, or mixed with the chain's")
+    p.add_argument("--backend", default="tune", choices=["tune", "inline"],
+                   help="tune: real tune.run; inline: the same trials one after another in one process (fast)")
+    p.add_argument("--keep-vectors", action="store_true",
+                   help="save the vectors of every evaluation (to study how the final prompt is chosen)")
+    p.add_argument("--jobs", type=int, default=1, help="inline backend: runs side by side in this many processes")
     p.add_argument("--generations", type=int, default=3, help="G, including generation 0")
     p.add_argument("--population", type=int, default=4, help="P, phases per generation (the first P seed prompts)")
     p.add_argument("--elites", type=int, default=1, help="LLMSearch elites")
@@ -571,6 +683,7 @@ def main(argv=None, llm_factory=None) -> dict:
                  ignore_reinit_error=True)
         storage = os.path.abspath(os.path.expanduser(args.storage))
         print(f"budget per arm and seed: {b}")
+        units = []
         for dataset in args.datasets:
             for seed in args.seeds:
                 if not args.no_seed_prompt and not any(
@@ -582,15 +695,32 @@ def main(argv=None, llm_factory=None) -> dict:
                     if done and not args.force:
                         check_recorded(done[0], args, b)
                         continue
-                    run = run_arm(args, dataset, seed, arm, storage, llm_factory)
-                    run["args"] = {k: v for k, v in vars(args).items() if k not in ("force", "replot", "verbose")}
-                    run["args"].update({k: setting(args, dataset, k) for k in GLOBAL_DEFAULTS})
-                    results["runs"] = [r for r in results["runs"] if r not in done] + [run]
-                    save_results(results, results_path)
-                    write_tensorboard(run, args.out)
-                    print(f"{dataset} seed {seed} {arm:>12}: test {run['test_acc']:.3f}  val {run['best_val_acc']:.3f}  "
-                          f"steps {run['gradient_steps']}  evals {run['n_evaluations']}  LLM calls {run['llm_calls']}  "
-                          f"{run['search_wall_s']:.0f}s  \"{run['best_prompt']}\"", flush=True)
+                    units.append((dataset, seed, arm))
+
+        def keep(run: dict) -> None:
+            dataset, seed, arm = run["dataset"], run["seed"], run["arm"]
+            run["args"] = {k: v for k, v in vars(args).items() if k not in ("force", "replot", "verbose", "jobs")}
+            run["args"].update({k: setting(args, dataset, k) for k in GLOBAL_DEFAULTS})
+            results["runs"] = [r for r in results["runs"] if (r["dataset"], r["seed"], r["arm"]) != (dataset, seed, arm)]
+            results["runs"].append(run)
+            save_results(results, results_path)
+            write_tensorboard(run, args.out)
+            print(f"{dataset} seed {seed} {arm:>16}: test {run['test_acc']:.3f}  val {run['best_val_acc']:.3f}  "
+                  f"steps {run['gradient_steps']}  evals {run['n_evaluations']}  LLM calls {run['llm_calls']}  "
+                  f"{run['search_wall_s']:.0f}s  \"{run['best_prompt']}\"", flush=True)
+
+        if args.jobs > 1 and args.backend == "inline" and llm_factory is None:
+            import concurrent.futures
+            import multiprocessing
+
+            with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn"),
+                                                        initializer=_one_thread) as pool:
+                futures = [pool.submit(run_arm, args, d, s, a, storage) for d, s, a in units]
+                for future in concurrent.futures.as_completed(futures):
+                    keep(future.result())
+        else:
+            for dataset, seed, arm in units:
+                keep(run_arm(args, dataset, seed, arm, storage, llm_factory))
         ray.shutdown()
     table = write_table(results, os.path.join(args.out, "RESULTS_TABLE.md"))
     print(table)
@@ -601,6 +731,12 @@ def main(argv=None, llm_factory=None) -> dict:
         plots = []
         print("matplotlib is not installed: no plot (pip install matplotlib, then --replot)")
     return {"results": results, "table": table, "plots": plots}
+
+
+def _one_thread() -> None:
+    import torch
+
+    torch.set_num_threads(1)
 
 
 if __name__ == "__main__":

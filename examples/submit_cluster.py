@@ -9,8 +9,9 @@
     python examples/submit_cluster.py --address http://HEAD:8265 -- --trainable probe --llm scripted
 
 Everything after ``--`` goes to ``examples/cluster_job.py`` (see its ``--help``). The runtime environment
-uploads this checkout as the job's ``working_dir`` (so ``ray_llm_search`` and ``trainables`` import on every
-node), can add ``pip`` packages, and sets ``env_vars``: ``--api-key-env NAME`` copies that variable from here
+uploads only what the job needs: ``ray_llm_search`` and ``trainables`` as ``py_modules`` (so they import on every
+node) and a ``working_dir`` staged with the job script alone; nothing else of the checkout travels (a
+virtualenv, data or results kept in it stay here). It can add ``pip`` packages, and sets ``env_vars``: ``--api-key-env NAME`` copies that variable from here
 into the job (and passes ``--api-key-env NAME`` to the job). The runtime environment is written to a file
 readable only by you and deleted after submission, and what is printed shows variable names, never values.
 But Ray (2.60) keeps the job's runtime environment: the dashboard redacts ``env_vars`` for browsers, yet
@@ -36,8 +37,12 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 JOB_SCRIPT = "examples/cluster_job.py"
-# Not uploaded with the working_dir (Ray also skips what .gitignore lists).
-EXCLUDES = [".git", ".benchmarks", ".pytest_cache", ".ruff_cache", "**/__pycache__", "*.egg-info", "notes"]
+# What the job needs: the two packages (as py_modules) and the job script (alone in a staged working_dir). The
+# rest of the checkout is never uploaded, whatever it holds: a virtualenv, data, results, model caches.
+PACKAGES = ("ray_llm_search", "trainables")
+# Skipped inside the uploaded packages too (a Python environment or a cache someone put there).
+EXCLUDES = ["**/__pycache__", "*.pyc", "*.egg-info", ".venv", "venv", ".env", "env", ".tox", ".nox", ".conda",
+            "site-packages"]
 
 
 def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
@@ -62,12 +67,30 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
     return p.parse_args(argv), job_args
 
 
-def runtime_env(env_names: list[str], pip: list[str]) -> dict:
+def stage_job(folder: str) -> str:
+    """A working_dir holding only the job script, at the path the entrypoint names."""
+    os.makedirs(os.path.join(folder, os.path.dirname(JOB_SCRIPT)), exist_ok=True)
+    shutil.copy2(os.path.join(ROOT, JOB_SCRIPT), os.path.join(folder, JOB_SCRIPT))
+    return folder
+
+
+def upload_bytes(env: dict) -> int:
+    """Bytes of the files the runtime env uploads (working_dir and py_modules, excludes applied roughly)."""
+    total = 0
+    for top in [env["working_dir"], *env.get("py_modules", [])]:
+        for folder, dirs, files in os.walk(top):
+            dirs[:] = [d for d in dirs if d not in EXCLUDES and d != "__pycache__" and not d.endswith(".egg-info")]
+            total += sum(os.path.getsize(os.path.join(folder, f)) for f in files if not f.endswith(".pyc"))
+    return total
+
+
+def runtime_env(env_names: list[str], pip: list[str], working_dir: str) -> dict:
     """The job's runtime environment; reads the named variables from this process's environment."""
     missing = [n for n in env_names if not os.environ.get(n)]
     if missing:
         raise SystemExit(f"environment variable(s) {', '.join(missing)} not set here; export them before submitting")
-    env: dict = {"working_dir": ROOT, "excludes": EXCLUDES}
+    env: dict = {"working_dir": working_dir, "py_modules": [os.path.join(ROOT, p) for p in PACKAGES],
+                 "excludes": EXCLUDES}
     if env_names:
         env["env_vars"] = {n: os.environ[n] for n in env_names}
     if pip:
@@ -94,9 +117,11 @@ def main(argv=None) -> int:
     if args.api_key_env and "--api-key-env" not in job_args:
         job_args = [*job_args, "--api-key-env", args.api_key_env]
     submission_id = args.submission_id or "llm-search-" + time.strftime("%Y%m%d-%H%M%S")
-    env = runtime_env(env_names, args.pip)
+    staged = tempfile.mkdtemp(prefix="llm_search_job_")
+    env = runtime_env(env_names, args.pip, stage_job(staged))
     shown = {**env, "env_vars": {n: "<hidden>" for n in env_names}} if env_names else env
     print("runtime_env: " + json.dumps(shown), flush=True)
+    print(f"upload: {upload_bytes(env)} bytes (the job script and the packages {', '.join(PACKAGES)})", flush=True)
     if env_names:
         print(f"note: Ray keeps env_vars ({', '.join(env_names)}) with the job and logs them in each node's "
               "runtime_env_agent.log; on a shared cluster set secrets on the nodes instead", flush=True)
@@ -118,6 +143,7 @@ def main(argv=None) -> int:
             return 124
     finally:
         os.unlink(env_file)
+        shutil.rmtree(staged, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -107,13 +107,14 @@ class Mentor:
         if style == "completion":
             return self._build_completion(shown)
         better = "higher is better" if self.mode == "max" else "lower is better"
+        scores = self.metric if self.metric == "loss" else f"validation loss and {self.metric}"
         lines = [
             "You are an expert at writing prompts for a classifier.",
             f"Task: {self.task_description.strip()}",
             "",
             "Each prompt below was the starting point of a gradient-descent phase that tuned it as continuous "
             "vectors. At each evaluation the vectors were mapped back to their nearest words, giving the "
-            f"text shown with its validation loss and {self.metric} ({better}). "
+            f"text shown with its {scores} ({better}). "
             "Trajectories are ordered from worst to best.",
             "",
         ]
@@ -122,7 +123,7 @@ class Mentor:
             lines.append(f"Trajectory {i} (best {self.metric} {best.metric:.3f}), started from "
                          f"\"{_clip(trajectory.prompt_init)}\":")
             for e in self._points(trajectory):
-                lines.append(f"  step {e.step}: \"{_clip(e.text)}\" loss {e.loss:.3f}, {self.metric} {e.metric:.3f}")
+                lines.append(f"  step {e.step}: \"{_clip(e.text)}\" {self._scores(e)}")
             lines.append("")
         lines += [
             f"Write {n} new prompts for this task that you expect to score better than all of the above. "
@@ -145,7 +146,7 @@ class Mentor:
                         continue
                     metric = first.metric
                 key = normalize(text)
-                if key and key not in seen and not math.isnan(metric):
+                if key and key not in seen and math.isfinite(metric):
                     seen.add(key)
                     entries.append((metric, _clip(text)))
         entries.sort(key=lambda x: x[0] if self.mode == "max" else -x[0])
@@ -154,8 +155,15 @@ class Mentor:
         lines.append("prompt:")
         return "\n".join(lines)
 
+    def _scores(self, e) -> str:
+        """``loss 0.412, val_acc 0.750``: the metric once when it is the loss, a non-finite loss left out."""
+        if self.metric == "loss" or not math.isfinite(e.loss):
+            return f"{self.metric} {e.metric:.3f}"
+        return f"loss {e.loss:.3f}, {self.metric} {e.metric:.3f}"
+
     def _points(self, trajectory: Trajectory) -> list:
-        evals = trajectory.evaluations
+        """Up to ``points_per_trajectory`` evaluations with a finite metric: first, best and last kept."""
+        evals = [e for e in trajectory.evaluations if math.isfinite(e.metric)]
         k = self.points_per_trajectory
         if len(evals) <= k:
             return list(evals)

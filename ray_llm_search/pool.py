@@ -7,6 +7,7 @@ and portable across ``Searcher.save``/``restore``.
 from __future__ import annotations
 
 import math
+import random
 import re
 from dataclasses import dataclass, field
 from typing import Literal
@@ -46,14 +47,19 @@ class Trajectory:
     status: Status = "running"
     vectors_path: str | None = None
     lineage: str = ""  # the trial whose vectors this phase continues (its own id unless it is an elite)
+    candidates: list[str] = field(default_factory=list)  # texts screened at the phase's start
+    adopted: str | None = None  # the screened candidate the phase started from, if one beat its own start
+    hyperparameters: dict = field(default_factory=dict)  # values sampled from the config's Tune domains
 
     def best(self, mode: str) -> Evaluation | None:
-        """The evaluation with the best metric (ties: lower loss, then the earlier step)."""
-        usable = [e for e in self.evaluations if not math.isnan(e.metric)]
+        """The evaluation with the best finite metric (ties: lower loss, a non-finite loss last, then the
+        earlier step). NaN and infinite metrics are kept in ``evaluations`` but never best: a trajectory with
+        no finite metric has no best, so it is never ranked, an elite, shown to the LLM or a fill-in."""
+        usable = [e for e in self.evaluations if math.isfinite(e.metric)]
         if not usable:
             return None
         sign = 1.0 if mode == "max" else -1.0
-        return max(usable, key=lambda e: (sign * e.metric, -e.loss, -e.step))
+        return max(usable, key=lambda e: (sign * e.metric, -loss_key(e.loss), -e.step))
 
 
 class PromptPool:
@@ -79,13 +85,15 @@ class PromptPool:
         self.mark_seen(trajectory.prompt_init)
         self._started.add(normalize(trajectory.prompt_init))
 
-    def record(self, trial_id: str, evaluation: Evaluation) -> None:
+    def record(self, trial_id: str, evaluation: Evaluation) -> bool:
+        """Append an evaluation; False if it repeats the last one (Tune may hand the last result twice:
+        on_trial_result, then on_trial_complete)."""
         trajectory = self.trajectories[trial_id]
-        # Tune may hand the last result twice (on_trial_result, then on_trial_complete).
         if trajectory.evaluations and _same(trajectory.evaluations[-1], evaluation):
-            return
+            return False
         trajectory.evaluations.append(evaluation)
         self.mark_seen(evaluation.text)
+        return True
 
     def mark_seen(self, text: str) -> None:
         key = normalize(text)
@@ -109,7 +117,7 @@ class PromptPool:
                 continue
             best = t.best(self.mode)
             if best is not None:
-                keyed.append(((sign * best.metric, best.loss), len(keyed), t))
+                keyed.append(((sign * best.metric, loss_key(best.loss)), len(keyed), t))
         return [t for _, _, t in sorted(keyed)]
 
     def best(self) -> Trajectory | None:
@@ -123,8 +131,8 @@ class PromptPool:
         keys = self._started | {normalize(t) for t in exclude}
         for trajectory in self.ranked():
             by_metric = sorted(
-                (e for e in trajectory.evaluations if not math.isnan(e.metric)),
-                key=lambda e: (-e.metric if self.mode == "max" else e.metric, e.loss),
+                (e for e in trajectory.evaluations if math.isfinite(e.metric)),
+                key=lambda e: (-e.metric if self.mode == "max" else e.metric, loss_key(e.loss)),
             )
             for evaluation in by_metric:
                 key = normalize(evaluation.text)
@@ -132,6 +140,43 @@ class PromptPool:
                     keys.add(key)
                     texts.append(evaluation.text)
         return texts
+
+
+def loss_key(loss: float) -> float:
+    """A loss for tie-breaking: lower is better, and NaN or infinite ranks after every finite loss."""
+    return loss if isinstance(loss, (int, float)) and math.isfinite(loss) else math.inf
+
+
+_WORD = re.compile(r"[A-Za-z][A-Za-z'\-]*")
+
+
+def perturb(text: str, rng: random.Random, vocabulary: list[str]) -> str:
+    """A small random edit of ``text`` (no LLM): drop, swap, insert or replace one or two words, the new
+    words drawn from ``vocabulary`` (e.g. the words of the seed prompts and the task description)."""
+    words = text.split()
+    if not words and vocabulary:
+        words = [rng.choice(vocabulary)]
+    for _ in range(rng.choice((1, 2))):
+        op = rng.choice(("drop", "swap", "insert", "replace") if vocabulary else ("drop", "swap"))
+        if op == "drop" and len(words) > 2:
+            words.pop(rng.randrange(len(words)))
+        elif op == "swap" and len(words) > 1:
+            i = rng.randrange(len(words) - 1)
+            words[i], words[i + 1] = words[i + 1], words[i]
+        elif op == "insert" and vocabulary:
+            words.insert(rng.randrange(len(words) + 1), rng.choice(vocabulary))
+        elif op == "replace" and vocabulary and words:
+            words[rng.randrange(len(words))] = rng.choice(vocabulary)
+    return " ".join(words)
+
+
+def vocabulary_of(texts: list[str]) -> list[str]:
+    """The distinct lower-case words of ``texts``, in first-seen order."""
+    seen: dict[str, None] = {}
+    for text in texts:
+        for word in _WORD.findall(text.lower()):
+            seen.setdefault(word, None)
+    return list(seen)
 
 
 def _same(a: Evaluation, b: Evaluation) -> bool:

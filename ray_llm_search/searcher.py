@@ -26,9 +26,10 @@ from typing import Any
 
 from ray.tune.search import Searcher
 
+from ray_llm_search import space
 from ray_llm_search.llm.base import LLM, LLMError
 from ray_llm_search.mentor import Mentor, Parsed
-from ray_llm_search.pool import Evaluation, PromptPool, Trajectory, normalize
+from ray_llm_search.pool import Evaluation, PromptPool, Trajectory, normalize, perturb, vocabulary_of
 from ray_llm_search.tensorboard import GenerationLog, append_journal, read_journal
 
 logger = logging.getLogger(__name__)
@@ -38,6 +39,11 @@ _STATE_VERSION = 1
 REASK_BACKOFF_S = 1.0
 # Keys the searcher adds to each trial's config (DESIGN.md, first contract table).
 CONFIG_KEYS = ("prompt_init", "resume_from", "generation", "origin", "phase_seed", "vector_dir")
+# Keys added only where they apply: a generation's steps from ``schedule``; the screened-start keys of
+# ``trainables.phase`` (``prompt_candidates``, ``candidate_start``, ``mix_alpha``, ``reuse_start_score``).
+OPTIONAL_CONFIG_KEYS = ("steps", "eval_every", "prompt_candidates", "candidate_start", "mix_alpha",
+                        "reuse_start_score")
+PROPOSALS = ("llm", "perturb")
 
 
 class LLMSearch(Searcher):
@@ -63,6 +69,19 @@ class LLMSearch(Searcher):
             tried), ask again up to this many times, after 1 s, 2 s, ... (``REASK_BACKOFF_S``), within
             ``llm_timeout_s``; transport faults are retried by the LLM client itself (``OpenAIChat(retries=)``).
         meta_prompt_style: ``"chat"`` or ``"completion"``; default: the LLM's ``style``.
+        schedule: one dict per generation, ``{"steps": K, "screen": S, "eval_every": E}`` (each key optional);
+            ``steps``/``eval_every`` override the trial config's for that generation (``steps: 0`` evaluates the
+            starts as text), ``screen`` overrides ``screen``. Its length is the number of generations.
+        screen: candidates each continuing phase (elite) evaluates as text before its first step; it starts from
+            the best of them only if that beats its own start on validation (else it continues its chain).
+            Each screened candidate is one evaluation. 0 (default): no screening.
+        proposals: where new starts and screened candidates come from: ``"llm"`` (the mentor) or ``"perturb"``
+            (random word edits of the best texts and the pool's projections, no LLM call: the control that
+            separates what the LLM adds from what restarts add).
+        candidate_start: ``"text"`` (a screened candidate starts from its embedding) or ``"mix"`` (warm restart:
+            ``(1 - mix_alpha) * elite vectors + mix_alpha * candidate embedding``).
+        reuse_start_score: an elite takes its saved validation score as its step-0 evaluation instead of
+            computing it again (same validation examples only); saves one evaluation per elite.
 
     Example:
         >>> search = LLMSearch(LocalLLM(), "Classify BBC news by topic.", ["the topic of this article is"],
@@ -78,7 +97,7 @@ class LLMSearch(Searcher):
         metric: str | None = None,
         mode: str | None = None,
         population: int = 4,
-        generations: int = 3,
+        generations: int | None = None,
         elites: int = 1,
         top_k: int = 8,
         candidates_per_round: int | None = None,
@@ -88,6 +107,12 @@ class LLMSearch(Searcher):
         llm_timeout_s: float = 900.0,
         meta_prompt_style: str | None = None,
         llm_reasks: int = 0,
+        schedule: list[dict] | None = None,
+        screen: int = 0,
+        proposals: str = "llm",
+        candidate_start: str = "text",
+        mix_alpha: float = 0.5,
+        reuse_start_score: bool = False,
     ) -> None:
         if mode is not None and mode not in ("max", "min"):
             raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
@@ -102,15 +127,29 @@ class LLMSearch(Searcher):
             raise ValueError("seed_prompts must hold at least one non-empty prompt, e.g. ['a photo of a']")
         if not isinstance(population, int) or population < 1:
             raise ValueError(f"population must be an integer >= 1, got {population!r}")
+        schedule = _check_schedule(schedule)
+        if schedule is not None:
+            if generations is not None and generations != len(schedule):
+                raise ValueError(f"generations={generations} but schedule has {len(schedule)} entries (one per "
+                                 "generation); pass one of them")
+            generations = len(schedule)
+        generations = 3 if generations is None else generations
         if not isinstance(generations, int) or generations < 1:
             raise ValueError(f"generations must be an integer >= 1, got {generations!r}")
-        if not isinstance(elites, int) or not 0 <= elites < population:
-            raise ValueError(f"elites must be an integer in [0, population) = [0, {population}), got {elites!r}")
+        if not isinstance(elites, int) or not 0 <= elites <= population:
+            raise ValueError(f"elites must be an integer in [0, population] = [0, {population}], got {elites!r}")
+        if isinstance(screen, bool) or not isinstance(screen, int) or screen < 0:
+            raise ValueError(f"screen must be an integer >= 0, got {screen!r}")
+        if proposals not in PROPOSALS:
+            raise ValueError(f"proposals must be one of {PROPOSALS}, got {proposals!r}")
+        if candidate_start not in ("text", "mix"):
+            raise ValueError(f"candidate_start must be 'text' or 'mix', got {candidate_start!r}")
+        if not isinstance(mix_alpha, (int, float)) or not 0 < mix_alpha <= 1:
+            raise ValueError(f"mix_alpha must be a number in (0, 1], got {mix_alpha!r}")
         if not isinstance(top_k, int) or top_k < 1:
             raise ValueError(f"top_k must be an integer >= 1, got {top_k!r}")
-        if candidates_per_round is None:
-            candidates_per_round = population - elites
-        if not isinstance(candidates_per_round, int) or candidates_per_round < 1:
+        if candidates_per_round is not None and (
+                not isinstance(candidates_per_round, int) or candidates_per_round < 1):
             raise ValueError(f"candidates_per_round must be an integer >= 1, got {candidates_per_round!r}")
         if not isinstance(max_prompt_words, int) or max_prompt_words < 1:
             raise ValueError(f"max_prompt_words must be an integer >= 1, got {max_prompt_words!r}")
@@ -135,6 +174,12 @@ class LLMSearch(Searcher):
         self.elites = elites
         self.top_k = top_k
         self.candidates_per_round = candidates_per_round
+        self.schedule = schedule
+        self.screen = screen
+        self.proposals = proposals
+        self.candidate_start = candidate_start
+        self.mix_alpha = float(mix_alpha)
+        self.reuse_start_score = bool(reuse_start_score)
         self.max_prompt_words = max_prompt_words
         self.seed = seed
         stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d_%H-%M-%S")
@@ -146,6 +191,7 @@ class LLMSearch(Searcher):
         # This object's own id (a pickled copy gets a new one): a restore replays only the journaled answers of
         # the object that saved the state, never those a copy of it asked for on its own.
         self._incarnation = uuid.uuid4().hex[:12]
+        self._domains: list = []  # the Tune search-space domains of the base config (see ray_llm_search.space)
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._future: concurrent.futures.Future | None = None
         self._log: GenerationLog | None = None
@@ -160,7 +206,11 @@ class LLMSearch(Searcher):
         self._pool = PromptPool(self._mode or "max")
         self._rounds: dict[int, dict] = {}  # generation -> what its LLM round asked, got and kept
         self._records: list[dict] = []  # one summary per completed generation
+        self._held: list[dict] = []  # elites waiting for their round's candidates to screen
+        self._suspicious: dict[str, dict[str, int]] = {}  # trial -> {"non_finite"/"step": count}
+        self._screened: dict[int, list[dict]] = {}  # generation -> candidates evaluated as text at a start
         self._rng = random.Random(self.seed)
+        self._space_rng = random.Random(f"{self.seed}:space")  # apart from _rng: phase seeds do not depend on it
         self._cpu_s = 0.0
         self._events = 0
         # Names this search in generations.jsonl and the LLM journal, so that a restored search recognises its
@@ -192,7 +242,11 @@ class LLMSearch(Searcher):
             "pool": self._pool,
             "rounds": self._rounds,
             "records": self._records,
+            "held": list(self._held),
+            "suspicious": self._suspicious,
+            "screened": self._screened,
             "rng": self._rng.getstate(),
+            "space_rng": self._space_rng.getstate(),
             "log_dir": self.log_dir,
             "search_id": self._search_id,
             "incarnation": self._incarnation,
@@ -209,8 +263,13 @@ class LLMSearch(Searcher):
         self._pool = state["pool"]
         self._rounds = state["rounds"]
         self._records = state["records"]
+        self._held = list(state.get("held", []))
+        self._suspicious = state.get("suspicious", {})
+        self._screened = state.get("screened", {})
         self._rng = random.Random()
         self._rng.setstate(state["rng"])
+        if state.get("space_rng") is not None:
+            self._space_rng.setstate(state["space_rng"])
         self.log_dir = state["log_dir"]
         self._search_id = state.get("search_id") or self._search_id
         self._future = None
@@ -225,7 +284,7 @@ class LLMSearch(Searcher):
         # answer (see _ask); finished rounds are never asked again.
         pending = self._rounds.get(self._generation)
         if pending is not None and pending.get("status") == "pending":
-            self._start_round(self._generation)
+            self._restart_round(self._generation)
 
     def save(self, checkpoint_path: str) -> None:
         tmp = checkpoint_path + ".tmp"
@@ -248,7 +307,10 @@ class LLMSearch(Searcher):
     def __setstate__(self, state: dict) -> None:
         # Defaults for what an LLMSearch pickled by an older version (a tuner.pkl) lacks.
         self.__dict__.update({"llm_reasks": 0, "_restored": False, "_replay_from": None,
-                              "_search_id": uuid.uuid4().hex[:16]})
+                              "_search_id": uuid.uuid4().hex[:16], "schedule": None, "screen": 0, "proposals": "llm",
+                              "candidate_start": "text", "mix_alpha": 0.5, "reuse_start_score": False,
+                              "_held": [], "_screened": {}, "_suspicious": {}, "_domains": [],
+                              "_space_rng": random.Random()})
         self.__dict__.update(state)
         self._incarnation = uuid.uuid4().hex[:12]
 
@@ -270,6 +332,7 @@ class LLMSearch(Searcher):
                 f"num_samples={num_samples} is fewer than the {self.total_trials} trials this search makes: its last "
                 "generation would never complete (no best.json); pass num_samples=search.total_trials"
             )
+        self._domains = space.find_domains(config)
         self._metric = self._metric or metric
         self._mode = self._mode or mode
         self._pool.mode = self._mode or "max"
@@ -300,6 +363,10 @@ class LLMSearch(Searcher):
         self._handed[generation] += 1
         config = dict(spec)
         config["phase_seed"] = self._rng.randrange(2**31)
+        # An elite keeps its chain's sampled hyperparameters; a new chain draws its own.
+        hyperparameters = dict(spec.get("hyperparameters") or {})
+        if self._domains and not hyperparameters:
+            hyperparameters = space.sample(self._domains, self._space_rng)
         config["vector_dir"] = os.path.join(self.log_dir, "vectors")
         self._pool.add(
             Trajectory(
@@ -309,9 +376,22 @@ class LLMSearch(Searcher):
                 prompt_init=spec["prompt_init"],
                 resume_from=spec["resume_from"],
                 lineage=spec.get("lineage") or trial_id,
+                candidates=list(spec.get("prompt_candidates") or []),
+                hyperparameters=hyperparameters,
             )
         )
-        return {k: config[k] for k in CONFIG_KEYS}
+        out = {k: config[k] for k in CONFIG_KEYS}
+        out.update(space.nest(hyperparameters))
+        plan = self._plan(generation)
+        for key in ("steps", "eval_every"):
+            if plan[key] is not None:
+                out[key] = plan[key]
+        if spec.get("prompt_candidates"):
+            out.update(prompt_candidates=list(spec["prompt_candidates"]), candidate_start=self.candidate_start,
+                       mix_alpha=self.mix_alpha)
+        if spec["resume_from"] and self.reuse_start_score:
+            out["reuse_start_score"] = True
+        return out
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         start = time.thread_time()
@@ -358,18 +438,41 @@ class LLMSearch(Searcher):
                 f"{sorted(k for k in result if not k.startswith('config'))[:20]}"
             )
         value = _float(result[self._metric])
-        step = result.get("step", result.get("training_iteration", len(trajectory.evaluations)))
-        self._pool.record(
-            trial_id,
-            Evaluation(
-                step=int(step),
-                text=str(result.get("prompt_text", ""))[:1000],
-                loss=_float(result.get("loss", math.nan)),
-                metric=value,
-            ),
-        )
-        if result.get("vectors_path"):
-            trajectory.vectors_path = str(result["vectors_path"])
+        if result.get("screen"):
+            # A candidate that lost its screening: known as text, never a phase of its own.
+            text = str(result.get("prompt_text", ""))[:1000]
+            screened = self._screened.setdefault(trajectory.generation, [])
+            entry = {"trial_id": trial_id, "text": text, "metric": value, "loss": _float(result.get("loss", math.nan))}
+            if entry not in screened:
+                screened.append(entry)
+            self._pool.mark_seen(text)
+            return
+        if str(result.get("start") or "").startswith("candidate") and result.get("start_text"):
+            trajectory.adopted = str(result["start_text"])[:1000]
+            self._pool.mark_seen(trajectory.adopted)
+        step = _int(result.get("step", result.get("training_iteration")), len(trajectory.evaluations))
+        evaluation = Evaluation(step=step, text=_text(result.get("prompt_text")), metric=value,
+                                loss=_float(result.get("loss", math.nan)))
+        last = trajectory.evaluations[-1] if trajectory.evaluations else None
+        if not self._pool.record(trial_id, evaluation):
+            return
+        if not math.isfinite(value) or not math.isfinite(evaluation.loss):
+            self._warn_once(trial_id, "non_finite", "trial %s reported %s=%r, loss=%r: kept in its trajectory and "
+                            "counted in the records, never ranked, an elite, the best or shown to the LLM",
+                            trial_id, self._metric, value, evaluation.loss)
+        if last is not None and step <= last.step and (step, evaluation.text) != (last.step, last.text):
+            self._warn_once(trial_id, "step", "trial %s reported step %d after step %d (a restart from an older "
+                            "checkpoint?): both evaluations are kept", trial_id, step, last.step)
+        path = result.get("vectors_path")
+        if path:
+            trajectory.vectors_path = str(path)
+
+    def _warn_once(self, trial_id: str, kind: str, message: str, *args: Any) -> None:
+        """Log a trial's suspicious result once per trial and kind; count every occurrence for the records."""
+        counts = self._suspicious.setdefault(trial_id, {})
+        if not counts.get(kind):
+            logger.warning(message, *args)
+        counts[kind] = counts.get(kind, 0) + 1
 
     def _seed_configs(self) -> list[dict]:
         size = max(self.population, len(self.seed_prompts))
@@ -401,7 +504,23 @@ class LLMSearch(Searcher):
             self._finish()
             return
         self._sizes[nxt] = self.population
-        # Elites start at once from their exact vectors, so workers are busy while the LLM thinks.
+        # Elites start at once from their exact vectors, so workers are busy while the LLM thinks, unless they
+        # screen candidates first: then they wait for the round (held) and take their candidates with them.
+        elites = self._elite_specs(nxt)
+        slots = self._plan(nxt)["screen"] * len(elites)
+        if slots:
+            self._held = elites
+        else:
+            self._queue.extend(elites)
+        new_starts = self.population - len(elites)
+        if new_starts + slots > 0:
+            self._start_round(nxt, new_starts, slots)
+        else:
+            self._rounds[nxt] = {"generation": nxt, "status": "skipped"}
+
+    def _elite_specs(self, generation: int) -> list[dict]:
+        """The best phase of each of the ``elites`` best lineages, to resume from its exact vectors."""
+        specs: list[dict] = []
         chosen: set[str] = set()
         for trajectory in self._pool.ranked():
             if len(chosen) >= self.elites:
@@ -410,15 +529,26 @@ class LLMSearch(Searcher):
                 continue
             chosen.add(trajectory.lineage)
             best = trajectory.best(self._mode)
-            self._queue.append(
-                self._spec(best.text or trajectory.prompt_init, nxt, "elite",
-                           resume_from=trajectory.vectors_path, lineage=trajectory.lineage)
-            )
-        self._start_round(nxt)
+            # A vectors_path is not checked here: the driver may not see a worker's disk. The phase that cannot
+            # read it (missing, foreign, another model's) starts from this text instead (trainables.phase).
+            spec = self._spec(best.text or trajectory.adopted or trajectory.prompt_init, generation, "elite",
+                              resume_from=trajectory.vectors_path, lineage=trajectory.lineage)
+            if trajectory.hyperparameters:
+                spec["hyperparameters"] = dict(trajectory.hyperparameters)
+            specs.append(spec)
+        return specs
 
-    def _start_round(self, generation: int) -> None:
+    def _plan(self, generation: int) -> dict:
+        """What the schedule says of a generation: its steps and eval_every (None: the trial config's) and
+        how many candidates each of its elites screens."""
+        entry = self.schedule[generation] if self.schedule and generation < len(self.schedule) else {}
+        return {"steps": entry.get("steps"), "eval_every": entry.get("eval_every"),
+                "screen": entry.get("screen", self.screen) if generation > 0 else 0}
+
+    def _start_round(self, generation: int, new_starts: int, slots: int) -> None:
         shown = self._pool.ranked()[: self.top_k]
-        meta_prompt = self.mentor.build(shown, self.candidates_per_round, self.meta_prompt_style)
+        n = self.candidates_per_round or new_starts + 2 * slots  # ask for more than the screening needs
+        meta_prompt = self.mentor.build(shown, n, self.meta_prompt_style)
         self._rounds[generation] = {
             "generation": generation,
             "status": "pending",
@@ -428,8 +558,17 @@ class LLMSearch(Searcher):
             "replies": [],
             "candidates": [],
             "rejected": {},
+            "n": n,
+            "new_starts": new_starts,
+            "screen_slots": slots,
             "faults_before": dict(getattr(self.llm, "faults", {}) or {}),
         }
+        if self.proposals == "perturb":
+            # No LLM: the candidates are random edits of the best texts, ready at once.
+            self._future = concurrent.futures.Future()
+            self._future.set_result([])
+            self._rounds[generation]["direct"] = self._perturbed(n, generation, set())
+            return
         self._ask(generation)
 
     def _ask(self, generation: int, delay_s: float = 0.0) -> None:
@@ -453,7 +592,7 @@ class LLMSearch(Searcher):
         if self._executor is None:
             self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="llm-search")
         self._future = self._executor.submit(self._call_llm, generation, attempt, info["meta_prompt"],
-                                             self.candidates_per_round, delay_s)
+                                             self._round_size(info), delay_s)
 
     def _call_llm(self, generation: int, attempt: int, meta_prompt: str, n: int, delay_s: float) -> list[str]:
         """Runs in the background thread: one ask, its outcome journaled before the searcher sees it."""
@@ -480,7 +619,7 @@ class LLMSearch(Searcher):
         if info is None or info["status"] != "pending":
             return
         if self._future is None:  # restored without a thread (e.g. unpickled): ask again
-            self._start_round(generation)
+            self._restart_round(generation)
             info = self._rounds[generation]
         elapsed = time.time() - info["started"]
         if not self._future.done() and elapsed < self.llm_timeout_s:
@@ -504,8 +643,11 @@ class LLMSearch(Searcher):
                 error = type(e).__name__
                 logger.exception("LLM round %d raised; filling from the pool", generation)
         # A failed ask has no reply to reject: its faults are counted by kind instead.
-        parsed = Parsed() if error else self.mentor.parse(replies, self.candidates_per_round,
-                                                          seen=lambda t: not self._pool.is_new(t))
+        if info.get("direct") is not None:
+            parsed = Parsed(candidates=list(info["direct"]))
+        else:
+            parsed = Parsed() if error else self.mentor.parse(replies, self._round_size(info),
+                                                              seen=lambda t: not self._pool.is_new(t))
         info["replies"] = info.get("replies", []) + [r[:4000] for r in replies]
         info["candidates"] = info.get("candidates", []) + parsed.candidates
         info["rejected"] = dict(Counter(info.get("rejected") or {}) + parsed.rejected)
@@ -522,14 +664,16 @@ class LLMSearch(Searcher):
         faults.subtract(info.pop("faults_before", {}))
         if error == "timeout":
             faults["round_timeout"] += 1
-        needed = self._sizes[generation] - self._handed[generation] - len(self._queue)
+        held, self._held = self._held, []
+        needed = self._sizes[generation] - self._handed[generation] - len(self._queue) - len(held)
         candidates = info["candidates"][: max(0, needed)]
         specs = [self._spec(text, generation, "llm") for text in candidates]
         # Queued elites have not started yet, so the pool would not know their texts are taken.
-        taken = {normalize(c) for c in candidates} | {normalize(s["prompt_init"]) for s in self._queue}
+        taken = {normalize(c) for c in candidates} | {normalize(s["prompt_init"]) for s in self._queue + held}
         fill = self._fill(max(0, needed - len(specs)), taken)
         specs += [self._spec(text, generation, "pool") for text in fill]
-        self._queue.extend(specs)
+        screened, screen_fill = self._assign_screening(info, held, generation, taken | {normalize(t) for t in fill})
+        self._queue.extend(held + specs)
         faults = {k: v for k, v in faults.items() if v > 0}
         info.update(
             status="done" if error is None else "failed",
@@ -538,12 +682,65 @@ class LLMSearch(Searcher):
             asks=info.pop("attempt", 0) + 1,
             candidates=candidates,
             filled=fill,
+            screened=screened,
+            screen_filled=screen_fill,
             faults=faults,
         )
-        log = logger.warning if error or faults or not candidates else logger.info
+        log = logger.warning if error or faults or not (candidates or screened) else logger.info
         log("generation %d: LLM round %s after %d ask(s) in %.1fs: %d candidates, %d from the pool; faults %s, "
             "rejected %s", generation, "failed (" + error + ")" if error else "done", info["asks"], elapsed,
-            len(candidates), len(fill), faults, info["rejected"])
+            len(candidates) + len(screened), len(fill) + len(screen_fill), faults, info["rejected"])
+
+    def _round_size(self, info: dict) -> int:
+        """Candidates a round asks for (rounds saved by an older version hold no ``n``)."""
+        return int(info.get("n") or self.candidates_per_round or max(1, self.population - self.elites))
+
+    def _restart_round(self, generation: int) -> None:
+        info = self._rounds[generation]
+        self._start_round(generation, int(info.get("new_starts", self.population - self.elites)),
+                          int(info.get("screen_slots", 0)))
+
+    def _assign_screening(self, info: dict, held: list[dict], generation: int,
+                          taken: set[str]) -> tuple[list[str], list[str]]:
+        """Hand the round's candidates past the new starts to the held elites, ``screen`` each (round robin),
+        topped up with perturbed texts when the LLM gave too few, so that every generation screens as many
+        candidates as planned (the budget does not depend on the mentor's luck)."""
+        slots = int(info.get("screen_slots", 0))
+        if not held or not slots:
+            return [], []
+        rest = [c for c in info["candidates"] if normalize(c) not in taken]
+        screened = rest[:slots]
+        fill = self._perturbed(slots - len(screened), generation, taken | {normalize(c) for c in screened})
+        texts = screened + fill
+        for i, text in enumerate(texts):
+            held[i % len(held)].setdefault("prompt_candidates", []).append(text)
+        return screened, fill
+
+    def _perturbed(self, n: int, generation: int, exclude: set[str]) -> list[str]:
+        """``n`` new texts made by random word edits (``pool.perturb``) of the best start texts, best first."""
+        if n <= 0:
+            return []
+        rng = random.Random(f"{self.seed}:{generation}:perturb")
+        vocabulary = vocabulary_of(self.seed_prompts + [self.task_description])
+        bases = []
+        for trajectory in self._pool.ranked():
+            for text in (trajectory.adopted or trajectory.prompt_init,):
+                if text and text not in bases:
+                    bases.append(text)
+        bases = bases or list(self.seed_prompts)
+        out: list[str] = []
+        keys = set(exclude)
+        for i in range(50 * n):
+            if len(out) >= n:
+                break
+            text = perturb(bases[i % len(bases)], rng, vocabulary)
+            key = normalize(text)
+            if key and key not in keys and self._pool.is_new(text) and len(text.split()) <= self.max_prompt_words:
+                keys.add(key)
+                out.append(text)
+        while len(out) < n:  # tiny vocabularies: repeats are still screened (a repeat costs what a new one does)
+            out.append(bases[len(out) % len(bases)])
+        return out
 
     def _fill(self, n: int, exclude: set[str]) -> list[str]:
         """Top-up when the LLM gives too few: unstarted projections of the best phases, then unused seeds,
@@ -572,10 +769,15 @@ class LLMSearch(Searcher):
             "mean_metric": sum(scores) / len(scores) if scores else None,
             "best_prompt": best[0].best(self._mode).text if best else None,
             "best_start": best[0].prompt_init if best else None,
+            "best_hyperparameters": dict(best[0].hyperparameters) if best else None,
             "best_so_far": overall.best(self._mode).metric if overall else None,
             "starts": [t.prompt_init for t in members],
+            "screened": len(self._screened.get(generation, [])) + sum(bool(t.adopted) for t in members),
+            "adopted": [t.adopted for t in members if t.adopted],
+            "non_finite": sum(self._suspicious.get(t.trial_id, {}).get("non_finite", 0) for t in members),
             "llm": {k: info.get(k) for k in ("status", "error", "seconds", "asks", "meta_prompt", "replies",
-                                              "candidates", "filled", "rejected", "faults") if k in info} or None,
+                                              "candidates", "filled", "screened", "screen_filled", "rejected", "faults")
+                    if k in info} or None,
         }
         if stopped:
             record["stopped"] = stopped
@@ -621,6 +823,7 @@ class LLMSearch(Searcher):
             "generation": trajectory.generation,
             "origin": trajectory.origin,
             "prompt_init": trajectory.prompt_init,
+            "hyperparameters": dict(trajectory.hyperparameters),
         }
 
     @property
@@ -637,8 +840,42 @@ class LLMSearch(Searcher):
         return sum(r.get("seconds") or 0.0 for r in self._rounds.values())
 
 
+def _int(value: Any, default: int) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError, OverflowError):
+        return default
+
+
+def _text(value: Any, limit: int = 1000) -> str:
+    """A reported prompt text as the searcher keeps it: a string, at most ``limit`` characters."""
+    return "" if value is None else str(value)[:limit]
+
+
 def _float(value: Any) -> float:
     try:
         return float(value)
     except (TypeError, ValueError):
         return math.nan
+
+
+_SCHEDULE_KEYS = {"steps", "screen", "eval_every"}
+
+
+def _check_schedule(schedule: list[dict] | None) -> list[dict] | None:
+    """A validated copy of ``schedule``: a non-empty list of dicts with integer ``steps`` >= 0, ``screen`` >= 0
+    and ``eval_every`` >= 1, each optional."""
+    if schedule is None:
+        return None
+    if isinstance(schedule, (str, dict)) or not isinstance(schedule, (list, tuple)) or not schedule:
+        raise ValueError(f"schedule must be a non-empty list of dicts, one per generation, got {schedule!r}")
+    out = []
+    for i, entry in enumerate(schedule):
+        if not isinstance(entry, dict) or set(entry) - _SCHEDULE_KEYS:
+            raise ValueError(f"schedule[{i}] must be a dict with keys among {sorted(_SCHEDULE_KEYS)}, got {entry!r}")
+        for key, low in (("steps", 0), ("screen", 0), ("eval_every", 1)):
+            value = entry.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+                raise ValueError(f"schedule[{i}][{key!r}] must be an integer >= {low}, got {value!r}")
+        out.append(dict(entry))
+    return out

@@ -196,7 +196,26 @@ def cluster():
         yield c
 
 
-def test_submitted_search_runs_trials_on_both_nodes(cluster, tmp_path):
+@pytest.fixture
+def venv_in_checkout():
+    """A multi-GB virtualenv inside the checkout, as ``python -m venv .venv`` leaves one (a sparse file: no disk)."""
+    folder = os.path.join(ROOT, ".venv-rls-cluster-test")
+    site = os.path.join(folder, "lib", "python3.11", "site-packages", "torch", "lib")
+    os.makedirs(site, exist_ok=True)
+    with open(os.path.join(site, "libtorch_cpu.so"), "wb") as f:
+        f.truncate(6 * 1024**3)
+    with open(os.path.join(folder, "pyvenv.cfg"), "w") as f:
+        f.write("home = /usr/bin\n")
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _tree_bytes(top: str) -> int:
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(top) for f in files
+               if not os.path.islink(os.path.join(d, f)))
+
+
+def test_submitted_search_runs_trials_on_both_nodes(cluster, tmp_path, venv_in_checkout):
     summary_path = tmp_path / "summary.json"
     storage = tmp_path / "storage"
     submission_id = f"rls-test-{os.getpid()}"
@@ -240,3 +259,13 @@ def test_submitted_search_runs_trials_on_both_nodes(cluster, tmp_path):
     with open(os.path.join(summary["log_dir"], "generations.jsonl")) as f:
         assert len(f.read().splitlines()) == 3
     print(f"cluster start {cluster['start_s']:.1f}s, job {job_s:.1f}s (search wall {summary['wall_s']}s)")
+    # Only the packages and the job script travelled, not the 6 GB virtualenv in the checkout: what the
+    # submitter says it uploads, and what the nodes unpacked, are both small.
+    said = [line for line in log.splitlines() if line.startswith("upload: ")]
+    assert said and int(said[0].split()[1]) < 5 * 1024**2, said
+    unpacked = [os.path.join(d, name) for d, dirs, _ in os.walk(cluster["temp_dir"]) for name in dirs
+                if name == "runtime_resources"]
+    assert unpacked
+    total = sum(_tree_bytes(p) for p in unpacked)
+    assert total < 20 * 1024**2, f"{total} bytes unpacked under {unpacked}"
+    assert not any(".venv-rls-cluster-test" in d for p in unpacked for d, _, _ in os.walk(p))

@@ -531,7 +531,7 @@ def test_a_result_with_prompt_text_but_without_the_metric_raises(tmp_path):
     "kwargs, match",
     [
         ({"population": 0}, "population"),
-        ({"population": 4, "elites": 4}, "elites"),
+        ({"population": 4, "elites": -1}, "elites"),
         ({"population": 4, "elites": 5}, "elites"),
         ({"mode": "maximize"}, "mode"),
         ({"seed_prompts": []}, "seed_prompts"),

@@ -12,10 +12,26 @@ A ``PromptModel`` (text soft prompts, CLIP CoOp, your own) supplies the model-sp
 - optional ``lr_at(base_lr, step) -> float``: the learning rate of optimizer step ``step`` (1-based) for a
   schedule (CoOp's warm-up + cosine); without it the rate stays ``lr``. It is a function of the step alone, so
   a trial restarted from its checkpoint continues the schedule where it stopped.
+
+Screened starts (the searcher sets these keys; see ``LLMSearch(screen=...)``):
+
+- ``prompt_candidates``: texts the phase evaluates on validation *before* its first step; the phase starts
+  from the best of its own start and these (ties: its own start), so that a candidate takes the place of a
+  chain only when it beats the chain. Each screened candidate that loses is reported as one result with
+  ``screen: True`` (it is an evaluation: it counts in the budget); the winner is the phase's step-0 result.
+- ``candidate_start``: ``"text"`` (default: a candidate starts from its token embeddings) or ``"mix"`` (a warm
+  restart: ``(1 - mix_alpha) * start + mix_alpha * embed(candidate)``, where ``start`` is the resumed vectors).
+- ``reuse_start_score``: a phase that resumes from a vectors file saved with its validation score, on the same
+  validation examples, takes that score as its step-0 evaluation instead of computing it again (reported with
+  ``reused: True``; it costs no forward pass).
+
+Every result carries ``evaluations``: the forward evaluations this phase has computed so far (reused scores
+excluded), so that a budget can be counted from what trials report.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
@@ -35,6 +51,8 @@ PHASE_DEFAULTS = {
     "lr": 0.05,
     "optimizer": "adamw",
     "weight_decay": 0.0,
+    "candidate_start": "text",
+    "mix_alpha": 0.5,
 }
 VECTORS_FORMAT = 1
 
@@ -91,8 +109,28 @@ def check_config(config: dict) -> dict:
         raise ValueError(f"need lr > 0 and weight_decay >= 0; got {cfg['lr']}, {cfg['weight_decay']}")
     if cfg["optimizer"] not in ("adamw", "sgd"):
         raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {cfg['optimizer']!r}")
+    if cfg["candidate_start"] not in ("text", "mix"):
+        raise ValueError(f"candidate_start must be 'text' or 'mix', got {cfg['candidate_start']!r}")
+    try:
+        alpha = float(cfg["mix_alpha"])
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"mix_alpha must be a number in (0, 1], got {cfg['mix_alpha']!r}") from e
+    if not 0.0 < alpha <= 1.0:
+        raise ValueError(f"mix_alpha must be a number in (0, 1], got {cfg['mix_alpha']!r}")
+    candidates = config.get("prompt_candidates") or []
+    if isinstance(candidates, str) or not all(isinstance(c, str) for c in candidates):
+        raise ValueError(f"prompt_candidates must be a list of texts, got {candidates!r}")
     return {**cfg, "steps": steps, "eval_every": eval_every, "batch_size": batch_size, "lr": lr,
-            "weight_decay": weight_decay}
+            "weight_decay": weight_decay, "mix_alpha": alpha}
+
+
+def examples_key(examples: list) -> str:
+    """A fingerprint of an evaluation split: a saved score is reused only on the same examples."""
+    digest = hashlib.sha256()
+    for e in examples:
+        digest.update(repr(e).encode("utf-8", "replace"))
+        digest.update(b"\0")
+    return digest.hexdigest()[:16]
 
 
 def _make_optimizer(name: str, params: list, lr: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -108,8 +146,8 @@ def run_phase(config: dict, model, train: list, val: list,
     """Run one gradient phase and return its best evaluation.
 
     Args:
-        config: the trial config (DESIGN contract keys plus ``steps``, ``eval_every``, ``batch_size``,
-            ``lr``, ``optimizer``).
+        config: the trial config (the contract keys the searcher adds plus ``steps``, ``eval_every``,
+            ``batch_size``, ``lr``, ``optimizer``; optionally the screened-start keys of the module docstring).
         model: a ``PromptModel`` (see module docstring).
         train, val: examples; the phase never sees a test split.
         report: ``report(metrics, checkpoint_dir)``; default ``ray.tune.report`` inside Tune, else nothing.
@@ -128,12 +166,20 @@ def run_phase(config: dict, model, train: list, val: list,
     identity = model.identity()
     vector_dir = config.get("vector_dir")
     vectors_path = os.path.join(vector_dir, f"{trial_id}.pt") if vector_dir else None
+    val_key = examples_key(val)
+    counted = {"evaluations": 0}
+
+    def evaluate(vectors: torch.Tensor) -> tuple[float, float]:
+        counted["evaluations"] += 1
+        return model.evaluate(vectors.detach(), val)
 
     start_step, best, restored = 0, None, _restart_state() if in_tune else None
+    known = None  # (loss, acc) of the start, when a saved score may stand for its evaluation
     if restored is not None:
         prompt = restored["prompt"]
         model.load_extra_state(restored["extra"])
         start_step, best = restored["step"], restored["best"]
+        counted["evaluations"] = int(restored.get("evaluations", 0))
         rng.setstate(restored["rng"])
         logger.info("trial %s restarts at step %d from its checkpoint", trial_id, start_step)
     elif config.get("resume_from"):
@@ -141,6 +187,9 @@ def run_phase(config: dict, model, train: list, val: list,
             saved = load_vectors(config["resume_from"], identity)
             prompt = saved["prompt"]
             model.load_extra_state(saved.get("extra") or {})
+            if (config.get("reuse_start_score") and saved.get("val_key") == val_key
+                    and _finite(saved.get("val_acc")) and _finite(saved.get("loss"))):
+                known = (float(saved["loss"]), float(saved["val_acc"]))
         except ValueError:
             # An elite whose file is unreachable (e.g. log_dir not shared by a cluster's nodes) still starts
             # from its projected text, which is what the searcher put in prompt_init.
@@ -148,7 +197,10 @@ def run_phase(config: dict, model, train: list, val: list,
             prompt = model.init_vectors(config.get("prompt_init") or "")
     else:
         prompt = model.init_vectors(config.get("prompt_init") or "")
-    prompt = torch.nn.Parameter(prompt.detach().clone().float().to(model.device))
+    prompt = prompt.detach().clone().float().to(model.device)
+    if restored is None:
+        prompt, start, screened = _screen_start(config, cfg, model, prompt, known, evaluate)
+    prompt = torch.nn.Parameter(prompt)
     optimizer = _make_optimizer(cfg["optimizer"], [prompt, *model.extra_parameters()], float(cfg["lr"]),
                                 float(cfg["weight_decay"]))
     if restored is not None and restored.get("optimizer"):
@@ -157,38 +209,46 @@ def run_phase(config: dict, model, train: list, val: list,
     lr_at = getattr(model, "lr_at", None)
     base_lr = float(cfg["lr"])
 
-    def evaluate_and_report(step: int, train_loss: float) -> None:
+    def base_metrics(val_acc: float, val_loss: float, text: str, step: int) -> dict:
+        return {"val_acc": val_acc, "loss": val_loss, "prompt_text": text, "step": step,
+                "generation": config.get("generation", 0), "origin": config.get("origin", "seed"),
+                "evaluations": counted["evaluations"]}
+
+    def evaluate_and_report(step: int, train_loss: float, scored: tuple[float, float] | None = None,
+                            **extra: Any) -> None:
         nonlocal best
-        val_loss, val_acc = model.evaluate(prompt.detach(), val)
+        val_loss, val_acc = scored if scored is not None else evaluate(prompt)
         text = model.project(prompt.detach())
         improved = best is None or val_acc > best["val_acc"] or (val_acc == best["val_acc"] and val_loss < best["loss"])
         if improved:
             best = {"val_acc": val_acc, "loss": val_loss, "step": step, "prompt_text": text}
             if vectors_path:
                 save_vectors(vectors_path, prompt, model.extra_state(), identity, text=text, val_acc=val_acc,
-                             step=step, prompt_init=config.get("prompt_init"))
-        metrics = {
-            "val_acc": val_acc,
-            "loss": val_loss,
-            "train_loss": train_loss,
-            "prompt_text": text,
-            "step": step,
-            "best_val_acc": best["val_acc"],
-            "generation": config.get("generation", 0),
-            "origin": config.get("origin", "seed"),
-        }
+                             loss=val_loss, val_key=val_key, step=step, prompt_init=config.get("prompt_init"))
+        metrics = {**base_metrics(val_acc, val_loss, text, step), "train_loss": train_loss,
+                   "best_val_acc": best["val_acc"], **extra}
         if vectors_path:
             metrics["vectors_path"] = vectors_path
+            if config.get("keep_all_vectors"):  # for studies of how the final prompt is chosen
+                every = os.path.join(vector_dir, f"{trial_id}.step{step}.pt")
+                save_vectors(every, prompt, model.extra_state(), identity, text=text, val_acc=val_acc, loss=val_loss,
+                             val_key=val_key, step=step)
+                metrics["step_vectors_path"] = every
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = None
             if in_tune:
                 torch.save({"prompt": prompt.detach().cpu(), "extra": model.extra_state(), "step": step, "best": best,
-                            "rng": rng.getstate(), "optimizer": optimizer.state_dict()}, os.path.join(tmp, "phase.pt"))
+                            "rng": rng.getstate(), "optimizer": optimizer.state_dict(),
+                            "evaluations": counted["evaluations"]}, os.path.join(tmp, "phase.pt"))
                 ckpt = tmp
             report(metrics, ckpt)
 
     if restored is None:
-        evaluate_and_report(0, math.nan)
+        # Candidates that lost the screening are evaluations too: one result each, before the phase's start.
+        for i, (text, (loss, acc)) in enumerate(screened):
+            report({**base_metrics(acc, loss, text, 0), "screen": True, "screen_index": i}, None)
+        evaluate_and_report(0, math.nan, scored=start["scored"], reused=start["reused"],
+                            start=start["label"], start_text=start["text"])
     running = []
     for step in range(start_step + 1, steps + 1):
         batch = [train[rng.randrange(len(train))] for _ in range(min(batch_size, len(train)))]
@@ -203,7 +263,39 @@ def run_phase(config: dict, model, train: list, val: list,
         if step % eval_every == 0 or step == steps:
             evaluate_and_report(step, sum(running) / len(running))
             running = []
-    return {**(best or {}), "vectors_path": vectors_path}
+    return {**(best or {}), "vectors_path": vectors_path, "evaluations": counted["evaluations"]}
+
+
+def _screen_start(config: dict, cfg: dict, model, prompt: torch.Tensor, known: tuple[float, float] | None,
+                  evaluate: Callable) -> tuple[torch.Tensor, dict, list]:
+    """The phase's start: its own (``prompt``) or the best screened candidate that beats it on validation.
+
+    Returns the start vectors, a description of the start (its score, whether the score was reused, which
+    candidate) and the ``(text, (loss, acc))`` of the candidates that lost, in the order given."""
+    own = known if known is not None else evaluate(prompt)
+    start = {"scored": own, "reused": known is not None, "label": "own", "text": config.get("prompt_init") or ""}
+    candidates = [c for c in (config.get("prompt_candidates") or []) if c.strip()]
+    if not candidates:
+        return prompt, start, []
+    resumed = bool(config.get("resume_from"))
+    scored = []
+    for text in candidates:
+        vectors = model.init_vectors(text).detach().float().to(prompt.device)
+        if cfg["candidate_start"] == "mix" and resumed:
+            alpha = cfg["mix_alpha"]
+            vectors = (1.0 - alpha) * prompt + alpha * vectors
+        scored.append((text, vectors, evaluate(vectors)))
+    best_i = max(range(len(scored)), key=lambda i: (scored[i][2][1], -scored[i][2][0], -i))
+    loss, acc = scored[best_i][2]
+    if acc > own[1] or (acc == own[1] and loss < own[0]):
+        text, vectors, score = scored[best_i]
+        losers = [(t, s) for i, (t, _, s) in enumerate(scored) if i != best_i]
+        return vectors, {"scored": score, "reused": False, "label": f"candidate {best_i}", "text": text}, losers
+    return prompt, start, [(t, s) for t, _, s in scored]
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
 
 
 def _tune_report(metrics: dict, checkpoint_dir: str | None) -> None:

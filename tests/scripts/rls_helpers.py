@@ -300,3 +300,53 @@ def read_events(folder: str) -> tuple[dict[str, list[tuple[int, float]]], dict[s
                     flat = [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in value.flatten()]
                     texts.setdefault(tag, []).append((e.step, "\n".join(flat)))
     return scalars, texts
+
+
+def nonfinite_phase(config: dict) -> None:
+    """Reports a non-finite metric (and loss) for any start whose text names one: ``nan``, ``inf`` or ``-inf``
+    give that value at every step; other starts report finite values as ``trivial_phase`` does."""
+    from ray import tune
+
+    text = config.get("prompt_init") or ""
+    words = text.split()
+    special = next((w for w in words if w in ("nan", "inf", "-inf")), None)
+    base = score(text)
+    for step in range(int(config.get("steps", 2)) + 1):
+        value = float(special) if special else min(0.99, base + 0.05 * step)
+        tune.report({"val_acc": value, "loss": float(special) if special else 1.0 - value,
+                     "prompt_text": " ".join(words[:10] + [f"w{step}"]), "step": step})
+
+
+def domain_phase(config: dict) -> None:
+    """Fails on any Tune domain object in its config; otherwise reports like ``trivial_phase``, plus the
+    config's ``lr`` and ``data/shots`` as metrics (so a test can read what the trial received)."""
+    from ray import tune
+    from ray.tune.search.sample import Domain
+
+    def walk(node, path=""):
+        if isinstance(node, Domain):
+            raise TypeError(f"the trainable received a Tune domain at {path}: {node!r}")
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{path}/{k}")
+
+    walk(config)
+    for step in range(2):
+        value = score(config.get("prompt_init") or "") + 0.05 * step
+        tune.report({"val_acc": value, "loss": 1.0 - value, "prompt_text": f"{config['prompt_init']} w{step}",
+                     "step": step, "lr_seen": float(config["lr"]), "shots_seen": int(config["data"]["shots"])})
+
+
+class FixedLLM(LLM):
+    """Proposes the same lines in every round; keeps every meta-prompt it was shown in ``prompts_file``."""
+
+    def __init__(self, lines: list[str], prompts_file: str) -> None:
+        super().__init__()
+        self.lines = list(lines)
+        self.prompts_file = prompts_file
+
+    def propose(self, meta_prompt: str, n: int) -> list[str]:
+        with open(self.prompts_file, "a") as f:
+            f.write(json.dumps({"meta_prompt": meta_prompt}) + "\n")
+        self._count(self.usage, calls=1)
+        return ["\n".join(f"{i + 1}. {line}" for i, line in enumerate(self.lines))]

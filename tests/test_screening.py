@@ -1,0 +1,242 @@
+"""Screened starts, reused start scores, schedules and the no-LLM control, on a toy PromptModel (no backbone).
+
+The toy's validation accuracy falls with the distance of the prompt vectors to a target, which the word "good"
+embeds exactly; gradient steps move the vectors toward the target. So "good good" is a known better text, and
+"junk" a known worse one.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+
+import pytest
+import torch
+
+from ray_llm_search import LLM, LLMSearch
+from trainables.phase import examples_key, run_phase
+
+TARGET = torch.tensor([[1.0, -1.0, 0.5, 0.0], [1.0, -1.0, 0.5, 0.0]])
+
+
+class Toy:
+    """A ``PromptModel``: 2 vectors of 4 dims; accuracy in steps of 1/len(val)."""
+
+    device = torch.device("cpu")
+
+    def __init__(self) -> None:
+        self.evaluations = 0
+
+    def identity(self) -> dict:
+        return {"model": "toy", "shape": [2, 4]}
+
+    def init_vectors(self, text: str) -> torch.Tensor:
+        rows = []
+        for word in text.split() or ["empty"]:
+            if word == "good":
+                rows.append(TARGET[0])
+            else:
+                g = torch.Generator().manual_seed(sum(map(ord, word)))
+                rows.append(torch.randn(4, generator=g) * 2)
+        return torch.stack(rows).mean(0, keepdim=True).repeat(2, 1)
+
+    def project(self, vectors: torch.Tensor) -> str:
+        return f"proj {float(vectors.sum()):.3f}"
+
+    def extra_parameters(self) -> list:
+        return []
+
+    def extra_state(self) -> dict:
+        return {}
+
+    def load_extra_state(self, state: dict) -> None:
+        pass
+
+    def loss(self, vectors: torch.Tensor, batch: list) -> torch.Tensor:
+        return ((vectors - TARGET) ** 2).sum()
+
+    def evaluate(self, vectors: torch.Tensor, examples: list) -> tuple[float, float]:
+        self.evaluations += 1
+        dist = float(((vectors - TARGET) ** 2).sum())
+        acc = math.floor(max(0.0, 1.0 - dist / 20.0) * len(examples)) / len(examples)
+        return dist, acc
+
+
+VAL = [("v", i) for i in range(20)]
+TRAIN = [("t", i) for i in range(8)]
+
+
+def phase(config: dict, val=VAL) -> tuple[list[dict], dict, Toy]:
+    rows: list[dict] = []
+    model = Toy()
+    out = run_phase({"steps": 2, "eval_every": 1, "lr": 0.1, "phase_seed": 1, **config}, model, TRAIN, val,
+                    report=lambda m, ckpt: rows.append(dict(m)))
+    return rows, out, model
+
+
+def test_a_better_candidate_is_adopted_and_the_loser_is_reported_as_a_screen():
+    rows, out, model = phase({"prompt_init": "bad start", "prompt_candidates": ["good good", "junk"]})
+    screens = [r for r in rows if r.get("screen")]
+    assert [r["prompt_text"] for r in screens] == ["junk"]
+    start = next(r for r in rows if r["step"] == 0 and not r.get("screen"))
+    assert start["start"] == "candidate 0" and start["start_text"] == "good good" and start["val_acc"] == 1.0
+    # own start + 2 candidates + 2 steps: every forward evaluation counted, none twice
+    assert model.evaluations == 5 and rows[-1]["evaluations"] == 5 and out["evaluations"] == 5
+    assert out["val_acc"] == 1.0
+
+
+def test_candidates_that_do_not_beat_the_start_leave_it_in_place():
+    rows, _, model = phase({"prompt_init": "good good", "prompt_candidates": ["junk", "bad start"]})
+    start = next(r for r in rows if r["step"] == 0 and not r.get("screen"))
+    assert start["start"] == "own" and start["val_acc"] == 1.0
+    assert sorted(r["prompt_text"] for r in rows if r.get("screen")) == ["bad start", "junk"]
+    assert model.evaluations == 5
+
+
+def test_a_resumed_phase_reuses_its_saved_score_only_on_the_same_validation_examples(tmp_path):
+    first, _, _ = phase({"prompt_init": "bad start", "vector_dir": str(tmp_path), "trial_id": "a"})
+    path = first[-1]["vectors_path"]
+    assert os.path.isfile(path)
+    rows, _, model = phase({"prompt_init": "x", "resume_from": path, "reuse_start_score": True, "trial_id": "b",
+                            "vector_dir": str(tmp_path)})
+    best_first = max(r["val_acc"] for r in first)
+    assert rows[0]["reused"] is True and rows[0]["val_acc"] == best_first and rows[0]["evaluations"] == 0
+    assert model.evaluations == 2
+    other_val = VAL[:10]
+    assert examples_key(other_val) != examples_key(VAL)
+    rows, _, model = phase({"prompt_init": "x", "resume_from": path, "reuse_start_score": True, "trial_id": "c",
+                            "vector_dir": str(tmp_path)}, val=other_val)
+    assert rows[0]["reused"] is False and model.evaluations == 3
+    # without the flag the start is evaluated as before
+    rows, _, model = phase({"prompt_init": "x", "resume_from": path, "trial_id": "d", "vector_dir": str(tmp_path)})
+    assert rows[0]["reused"] is False and model.evaluations == 3
+
+
+def test_a_warm_mix_starts_between_the_chain_and_the_candidate(tmp_path):
+    first, _, _ = phase({"prompt_init": "junk", "steps": 0, "vector_dir": str(tmp_path), "trial_id": "a"})
+    rows, _, _ = phase({"prompt_init": "junk", "resume_from": first[-1]["vectors_path"], "steps": 0,
+                        "prompt_candidates": ["good good"], "candidate_start": "mix", "mix_alpha": 0.5})
+    junk, good = Toy().init_vectors("junk"), Toy().init_vectors("good good")
+    mixed = 0.5 * junk + 0.5 * good
+    assert rows[0]["start"] == "candidate 0"
+    assert rows[0]["loss"] == pytest.approx(float(((mixed - TARGET) ** 2).sum()), rel=1e-5)
+
+
+@pytest.mark.parametrize("bad", [{"candidate_start": "warm"}, {"mix_alpha": 0}, {"mix_alpha": 1.5},
+                                 {"prompt_candidates": "good good"}, {"prompt_candidates": [1]}])
+def test_bad_screening_keys_are_refused(bad):
+    with pytest.raises(ValueError):
+        phase({"prompt_init": "x", **bad})
+
+
+class Scripted(LLM):
+    """Answers every round with the same lines."""
+
+    style = "chat"
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__()
+        self.lines = lines
+        self.meta_prompts: list[str] = []
+
+    def propose(self, meta_prompt: str, n: int) -> list[str]:
+        self._count(self.usage, calls=1)
+        self.meta_prompts.append(meta_prompt)
+        return ["\n".join(self.lines)]
+
+
+def drive(search: LLMSearch, max_wait_s: float = 30.0) -> list[dict]:
+    """Run a search in this process, trial after trial, as Tune would feed it; returns every reported row."""
+    rows: list[dict] = []
+    count, deadline = 0, time.monotonic() + max_wait_s
+    while True:
+        trial_id = f"t{count}"
+        config = search.suggest(trial_id)
+        if config == "FINISHED":
+            return rows
+        if config is None:
+            assert time.monotonic() < deadline, "the searcher gave no trial"
+            time.sleep(0.005)
+            continue
+        count += 1
+        last: dict = {}
+
+        def report(metrics: dict, ckpt, trial_id=trial_id, config=config, last=last) -> None:
+            last.update(metrics)
+            rows.append({**metrics, "trial_id": trial_id, "config": config})
+            search.on_trial_result(trial_id, dict(metrics))
+
+        run_phase({"eval_every": 1, "lr": 0.02, **config, "trial_id": trial_id}, Toy(), TRAIN, VAL, report=report)
+        search.on_trial_complete(trial_id, dict(last))
+
+
+SCHEDULE = [{"steps": 0}, {"steps": 2, "screen": 2}, {"steps": 2}]
+
+
+def chains(tmp_path, llm: LLM, seeds=("bad start", "junk words"), **kw) -> LLMSearch:
+    return LLMSearch(llm, "toy task", list(seeds), metric="val_acc", mode="max", population=2,
+                     elites=2, schedule=SCHEDULE, reuse_start_score=True, log_dir=str(tmp_path), **kw)
+
+
+GOOD_SEEDS = ("good good zz", "good good qq")
+
+
+def test_a_garbage_mentor_never_displaces_a_chain_and_costs_only_its_screening(tmp_path):
+    garbage = Scripted(["Sure! Here are prompts:", "junk", "xq zz", "good good zz", "qq qq", "zz xq"])
+    search = chains(tmp_path / "llm", garbage, GOOD_SEEDS)
+    rows = drive(search)
+    assert garbage.usage["calls"] == 1  # one round: the generations after the first gradient one screen nothing
+    assert search.records[1]["llm"]["screened"] == ["junk", "xq zz", "qq qq", "zz xq"]
+    assert search.records[1]["llm"]["rejected"] == {"chatter": 1, "seen_before": 1}
+    assert all(not r.get("adopted") for r in search.records)
+    starts = [r for r in rows if r["step"] == 0 and not r.get("screen")]
+    assert all(r["start"] == "own" for r in starts)
+    # the same chains, with no candidates at all, reach the same best
+    plain = LLMSearch(Scripted([]), "toy task", list(GOOD_SEEDS), metric="val_acc", mode="max",
+                      population=2, elites=2, schedule=[{"steps": 0}, {"steps": 2}, {"steps": 2}],
+                      reuse_start_score=True, log_dir=str(tmp_path / "plain"))
+    drive(plain)
+    assert search.best()["value"] == plain.best()["value"]
+    assert search.best()["prompt_text"] == plain.best()["prompt_text"]
+    # budget: 2 text evaluations, then 2 chains x (0 reused + 2 screened + 2), then 2 x 2
+    evaluations = sum(max(r["evaluations"] for r in rows if r["trial_id"] == t) for t in {r["trial_id"] for r in rows})
+    assert evaluations == 2 + 2 * 4 + 2 * 2
+    assert sum(r.get("reused", False) for r in rows) == 4
+
+
+def test_a_mentor_with_a_better_text_gets_it_into_the_next_generation(tmp_path):
+    search = chains(tmp_path, Scripted(["1. good good", "2. junk"]))
+    rows = drive(search)
+    adopted = [r for r in rows if str(r.get("start", "")).startswith("candidate")]
+    # the best chain (0.55) screens "good good" (1.0) and takes it; the worst chain (0.05) takes "junk" (0.5):
+    # each candidate won against the chain it was screened by, not against the search
+    assert [(r["start_text"], r["config"]["generation"]) for r in adopted] == [("good good", 1), ("junk", 1)]
+    assert search.records[1]["adopted"] == ["good good", "junk"]
+    assert search.best()["value"] == 1.0 and search.best()["generation"] >= 1
+    # the next generation continues the adopting chain from its vectors
+    gen2 = [r for r in rows if r["config"]["generation"] == 2 and r["step"] == 0]
+    assert any(r["val_acc"] == 1.0 and r["reused"] for r in gen2)
+
+
+def test_the_perturb_control_asks_no_llm_and_screens_as_many_candidates(tmp_path):
+    llm = Scripted(["1. good good"])
+    search = chains(tmp_path, llm, proposals="perturb")
+    rows = drive(search)
+    assert llm.usage.get("calls", 0) == 0
+    screened = [r for r in rows if r.get("screen")] + [r for r in rows if str(r.get("start", "")).startswith("cand")]
+    assert len(screened) == 4  # 2 chains x 2
+    assert search.records[1]["llm"]["screen_filled"] == [] and len(search.records[1]["llm"]["screened"]) == 4
+
+
+def test_schedule_is_checked():
+    llm = Scripted([])
+    with pytest.raises(ValueError, match="schedule"):
+        LLMSearch(llm, "t", ["a"], population=2, schedule=[{"steps": -1}])
+    with pytest.raises(ValueError, match="schedule"):
+        LLMSearch(llm, "t", ["a"], population=2, schedule=[{"stpes": 1}])
+    with pytest.raises(ValueError, match="generations"):
+        LLMSearch(llm, "t", ["a"], population=2, generations=2, schedule=[{}, {}, {}])
+    assert LLMSearch(llm, "t", ["a"], population=2, schedule=[{}, {}, {}]).generations == 3
+    with pytest.raises(ValueError, match="proposals"):
+        LLMSearch(llm, "t", ["a"], proposals="random")
