@@ -185,7 +185,10 @@ def setting(args, dataset: str, name: str):
 # The arguments that change a run's result (beside the budget): a run recorded with other values is not
 # the run asked for. Paths, CPU counts, the LLM's endpoint and key variable are not among them.
 RESULT_ARGS = ("model", "head", "shots", "val_shots", "test_size", "max_length", "lr", "batch_size", "prompt_length",
-               "max_prompt_words", "elites", "llm", "llm_model")
+               "max_prompt_words", "elites", "llm", "llm_model", "candidate_start", "screen_margin")
+
+
+NEW_ARG_DEFAULTS = {"candidate_start": "text", "screen_margin": 0}
 
 
 def check_recorded(run: dict, args, b: dict) -> None:
@@ -193,7 +196,7 @@ def check_recorded(run: dict, args, b: dict) -> None:
     where = f"results.json holds {run['dataset']}/{run['arm']}/seed {run['seed']}"
     if run["budget"] != b:
         raise ValueError(f"{where} at another budget ({run['budget']}); use --force or another --out")
-    recorded = run.get("args", {})
+    recorded = {**NEW_ARG_DEFAULTS, **run.get("args", {})}  # runs recorded before these flags existed
     differ = {k: (recorded.get(k), setting(args, run["dataset"], k) if k in GLOBAL_DEFAULTS else getattr(args, k))
               for k in RESULT_ARGS}
     differ = {k: v for k, v in differ.items() if v[0] != v[1]}
@@ -267,7 +270,8 @@ def run_arm(args, dataset: str, seed: int, arm: str, storage: str, llm_factory=N
             search = LLMSearch(llm, task, seeds, metric="val_acc", mode="max", population=args.population,
                                elites=args.population, schedule=screened_schedule(args), reuse_start_score=True,
                                proposals="perturb" if arm == "screened-perturb" else "llm",
-                               candidate_start=args.candidate_start, max_prompt_words=args.max_prompt_words,
+                               candidate_start=args.candidate_start, screen_margin=args.screen_margin,
+                               max_prompt_words=args.max_prompt_words,
                                seed=seed, log_dir=log_dir)
     recorder = Recorder()
     started = time.time()
@@ -618,6 +622,8 @@ def parse_args(argv=None):
     p.add_argument("--arms", nargs="+", default=list(DEFAULT_ARMS), choices=ARMS)
     p.add_argument("--candidate-start", default="text", choices=["text", "mix"],
                    help="screened arms: a winning candidate starts from its embedding, or mixed with the chain's")
+    p.add_argument("--screen-margin", type=float, default=0,
+                   help="screened arms: validation examples a candidate must gain over the chain to replace it")
     p.add_argument("--backend", default="tune", choices=["tune", "inline"],
                    help="tune: real tune.run; inline: the same trials one after another in one process (fast)")
     p.add_argument("--keep-vectors", action="store_true",

@@ -99,6 +99,7 @@ def main(argv=None) -> dict:
         metric="val_acc",
         mode="max",
         verbose=1,
+        reuse_actors=True,  # the backbone and data load once per worker
     )
     tune_wall = time.time() - tune_started
 
@@ -126,6 +127,7 @@ def main(argv=None) -> dict:
     wall = time.time() - started
     n_trials = len(analysis.trials)
     phase_time = sum(t.last_result.get("time_total_s", 0.0) for t in analysis.trials if t.last_result)
+    workers = max(1, int(ray.cluster_resources().get("CPU", 1)))
     summary = {
         "wall_s": round(wall, 1),
         "tune_wall_s": round(tune_wall, 1),
@@ -133,6 +135,9 @@ def main(argv=None) -> dict:
         "llm_share": round(search.llm_seconds / max(wall, 1e-9), 3),
         "trials": n_trials,
         "phase_s_total": round(phase_time, 1),
+        "workers": workers,
+        # the share of the workers' time (Tune's wall x workers) spent inside phases, as the trials timed them
+        "utilisation": round(phase_time / max(tune_wall * workers, 1e-9), 3),
         "searcher_cpu_ms_per_event": round(1000 * search.cpu_seconds_per_event, 3),
         "seed_test_acc": seed_test["acc"],
         "gen0_test_acc": gen0_test["acc"],
@@ -147,6 +152,9 @@ def main(argv=None) -> dict:
     print(f"wall {summary['wall_s']}s (Tune {summary['tune_wall_s']}s, LLM rounds {summary['llm_s']}s = "
           f"{100 * summary['llm_share']:.0f}% of wall), {n_trials} trials, searcher CPU "
           f"{summary['searcher_cpu_ms_per_event']} ms/event")
+    print(f"utilisation: workers inside phases {100 * summary['utilisation']:.0f}% of Tune's wall "
+          f"({phase_time:.0f}s of phases on {workers} workers in {tune_wall:.0f}s; ideal wall "
+          f"{phase_time / workers:.0f}s)")
     print(f"results: {experiment}")
     print(f"watch it: tensorboard --logdir {experiment}")
     return summary

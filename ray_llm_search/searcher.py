@@ -42,7 +42,7 @@ CONFIG_KEYS = ("prompt_init", "resume_from", "generation", "origin", "phase_seed
 # Keys added only where they apply: a generation's steps from ``schedule``; the screened-start keys of
 # ``trainables.phase`` (``prompt_candidates``, ``candidate_start``, ``mix_alpha``, ``reuse_start_score``).
 OPTIONAL_CONFIG_KEYS = ("steps", "eval_every", "prompt_candidates", "candidate_start", "mix_alpha",
-                        "reuse_start_score")
+                        "screen_margin", "reuse_start_score")
 PROPOSALS = ("llm", "perturb")
 
 
@@ -80,6 +80,8 @@ class LLMSearch(Searcher):
             separates what the LLM adds from what restarts add).
         candidate_start: ``"text"`` (a screened candidate starts from its embedding) or ``"mix"`` (warm restart:
             ``(1 - mix_alpha) * elite vectors + mix_alpha * candidate embedding``).
+        screen_margin: a screened candidate takes an elite's place only if it gets more than this many additional
+            validation examples right (0: any gain); a one-example gain on a small split is mostly luck.
         reuse_start_score: an elite takes its saved validation score as its step-0 evaluation instead of
             computing it again (same validation examples only); saves one evaluation per elite.
 
@@ -113,6 +115,7 @@ class LLMSearch(Searcher):
         candidate_start: str = "text",
         mix_alpha: float = 0.5,
         reuse_start_score: bool = False,
+        screen_margin: float = 0,
     ) -> None:
         if mode is not None and mode not in ("max", "min"):
             raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
@@ -146,6 +149,8 @@ class LLMSearch(Searcher):
             raise ValueError(f"candidate_start must be 'text' or 'mix', got {candidate_start!r}")
         if not isinstance(mix_alpha, (int, float)) or not 0 < mix_alpha <= 1:
             raise ValueError(f"mix_alpha must be a number in (0, 1], got {mix_alpha!r}")
+        if isinstance(screen_margin, bool) or not isinstance(screen_margin, (int, float)) or not screen_margin >= 0:
+            raise ValueError(f"screen_margin must be a number of validation examples >= 0, got {screen_margin!r}")
         if not isinstance(top_k, int) or top_k < 1:
             raise ValueError(f"top_k must be an integer >= 1, got {top_k!r}")
         if candidates_per_round is not None and (
@@ -180,6 +185,7 @@ class LLMSearch(Searcher):
         self.candidate_start = candidate_start
         self.mix_alpha = float(mix_alpha)
         self.reuse_start_score = bool(reuse_start_score)
+        self.screen_margin = screen_margin
         self.max_prompt_words = max_prompt_words
         self.seed = seed
         stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d_%H-%M-%S")
@@ -308,7 +314,7 @@ class LLMSearch(Searcher):
         # Defaults for what an LLMSearch pickled by an older version (a tuner.pkl) lacks.
         self.__dict__.update({"llm_reasks": 0, "_restored": False, "_replay_from": None,
                               "_search_id": uuid.uuid4().hex[:16], "schedule": None, "screen": 0, "proposals": "llm",
-                              "candidate_start": "text", "mix_alpha": 0.5, "reuse_start_score": False,
+                              "candidate_start": "text", "mix_alpha": 0.5, "reuse_start_score": False, "screen_margin": 0,
                               "_held": [], "_screened": {}, "_suspicious": {}, "_domains": [],
                               "_space_rng": random.Random()})
         self.__dict__.update(state)
@@ -388,7 +394,7 @@ class LLMSearch(Searcher):
                 out[key] = plan[key]
         if spec.get("prompt_candidates"):
             out.update(prompt_candidates=list(spec["prompt_candidates"]), candidate_start=self.candidate_start,
-                       mix_alpha=self.mix_alpha)
+                       mix_alpha=self.mix_alpha, screen_margin=self.screen_margin)
         if spec["resume_from"] and self.reuse_start_score:
             out["reuse_start_score"] = True
         return out

@@ -59,7 +59,23 @@ def test_budget_counts_steps_and_evaluations():
 
 def _reports(arm: str, b: dict, drop: int = 0) -> list[dict]:
     rows = []
-    if arm == "llm":
+    if arm.startswith("screened"):
+        # generation 0 evaluates the seeds as text; generation 1 screens G - 1 candidates per chain, whose starts
+        # (and every later chain's) are reused scores; each row carries the phase's running count
+        rows += [{"trial_id": f"0_{t}", "generation": 0, "step": 0, "val_acc": 0.5, "loss": 1.0, "evaluations": 1}
+                 for t in range(b["population"])]
+        for g in range(1, b["generations"] + 1):
+            for t in range(b["population"]):
+                n = b["generations"] - 1 if g == 1 else 0
+                tid = f"{g}_{t}"
+                rows += [{"trial_id": tid, "generation": g, "step": 0, "val_acc": 0.4, "loss": 1.0, "screen": True,
+                          "screen_index": i, "evaluations": n} for i in range(n)]
+                rows.append({"trial_id": tid, "generation": g, "step": 0, "val_acc": 0.5, "loss": 1.0,
+                             "reused": True, "evaluations": n})
+                for k, s in enumerate(range(b["eval_every"], b["steps_per_phase"] + 1, b["eval_every"]), 1):
+                    rows.append({"trial_id": tid, "generation": g, "step": s, "val_acc": 0.5 + s / 100, "loss": 1.0,
+                                 "evaluations": n + k})
+    elif arm == "llm":
         for g in range(b["generations"]):
             for t in range(b["population"] * b["evals_per_phase"]):
                 rows.append({"trial_id": f"{g}_{t}", "generation": g, "step": 0, "val_acc": 0.5, "loss": 1.0})
@@ -228,7 +244,8 @@ def test_tiny_run_spends_equal_budgets_shares_seeds_and_writes_table_and_plot(tm
     out, storage = tmp_path / "out", tmp_path / "storage"
     argv = ["--datasets", "sst2", "--seeds", "3", "--generations", "2", "--population", "2", "--steps", "2",
             "--eval-every", "2", "--shots", "2", "--val-shots", "2", "--test-size", "10", "--max-length", "32",
-            "--cpus", "2", "--out", str(out), "--storage", str(storage), "--data-root", str(SHARED_DATA)]
+            "--cpus", "2", "--out", str(out), "--storage", str(storage), "--data-root", str(SHARED_DATA),
+            "--arms", *compare.ARMS]
     llms = []
 
     def scripted(args, seed):
@@ -246,8 +263,21 @@ def test_tiny_run_spends_equal_budgets_shares_seeds_and_writes_table_and_plot(tm
         for e in run["evaluations"]:
             last[e["trial_id"]] = max(last.get(e["trial_id"], 0), e["step"])
         assert sum(last.values()) == run["gradient_steps"] == (0 if arm == "llm" else b["gradient_steps"])
-        assert len(run["evaluations"]) == run["n_evaluations"] == b["evaluations"]
-        assert run["llm_calls"] == (0 if arm == "gradient" else b["llm_calls"])
+        computed = {}  # forward evaluations each trial says it computed (screens in, reused scores out)
+        for e in run["evaluations"]:
+            computed[e["trial_id"]] = max(computed.get(e["trial_id"], 0), e["evaluations"])
+        assert sum(computed.values()) == run["n_evaluations"] == b["evaluations"]
+        reused = sum(e["reused"] for e in run["evaluations"])
+        screened = sum(e["screen"] for e in run["evaluations"])
+        adopted = sum(str(e["start"] or "").startswith("candidate") for e in run["evaluations"])
+        if arm.startswith("screened"):
+            # 2 chains x 2 gradient generations start from a reused score, unless a screened candidate won
+            assert reused + adopted == 2 * 2 and run["screened"] == 2
+            assert len(run["evaluations"]) - reused == b["evaluations"]
+        else:
+            assert len(run["evaluations"]) == b["evaluations"] and reused == screened == 0
+        want_calls = {"gradient": 0, "screened-perturb": 0, "screened": 1}.get(arm, b["llm_calls"])
+        assert run["llm_calls"] == want_calls
     # same splits, and generation 0 of the two gradient arms is the same set of phases with the same results
     assert runs["gradient"]["split_sizes"] == runs["llm"]["split_sizes"] == runs["llm+gradient"]["split_sizes"]
     assert all(r["test_n"] == runs["gradient"]["test_n"] for r in runs.values())

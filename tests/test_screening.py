@@ -123,7 +123,19 @@ def test_a_warm_mix_starts_between_the_chain_and_the_candidate(tmp_path):
     assert rows[0]["loss"] == pytest.approx(float(((mixed - TARGET) ** 2).sum()), rel=1e-5)
 
 
-@pytest.mark.parametrize("bad", [{"candidate_start": "warm"}, {"mix_alpha": 0}, {"mix_alpha": 1.5},
+def test_a_margin_keeps_a_one_example_gain_from_displacing_the_start():
+    # a candidate must gain more than screen_margin validation examples over the start
+    own, cand = "good junk junk", "good junk"
+    scores = {t: Toy().evaluate(Toy().init_vectors(t), VAL) for t in (own, cand)}
+    gain = round((scores[cand][1] - scores[own][1]) * len(VAL))
+    assert gain >= 1
+    rows, _, _ = phase({"prompt_init": own, "prompt_candidates": [cand], "screen_margin": gain})
+    assert next(r for r in rows if r["step"] == 0 and not r.get("screen"))["start"] == "own"
+    rows, _, _ = phase({"prompt_init": own, "prompt_candidates": [cand], "screen_margin": gain - 0.5})
+    assert next(r for r in rows if r["step"] == 0 and not r.get("screen"))["start"] == "candidate 0"
+
+
+@pytest.mark.parametrize("bad", [{"candidate_start": "warm"}, {"screen_margin": -1}, {"mix_alpha": 0}, {"mix_alpha": 1.5},
                                  {"prompt_candidates": "good good"}, {"prompt_candidates": [1]}])
 def test_bad_screening_keys_are_refused(bad):
     with pytest.raises(ValueError):

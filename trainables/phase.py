@@ -19,6 +19,9 @@ Screened starts (the searcher sets these keys; see ``LLMSearch(screen=...)``):
   from the best of its own start and these (ties: its own start), so that a candidate takes the place of a
   chain only when it beats the chain. Each screened candidate that loses is reported as one result with
   ``screen: True`` (it is an evaluation: it counts in the budget); the winner is the phase's step-0 result.
+- ``screen_margin``: a candidate takes the start's place only if it gets more than this many additional
+  validation examples right (default 0: any gain in accuracy, or equal accuracy at a lower loss). On a small validation split a
+  one-example gain is mostly luck; a margin keeps chains from being displaced by it.
 - ``candidate_start``: ``"text"`` (default: a candidate starts from its token embeddings) or ``"mix"`` (a warm
   restart: ``(1 - mix_alpha) * start + mix_alpha * embed(candidate)``, where ``start`` is the resumed vectors).
 - ``reuse_start_score``: a phase that resumes from a vectors file saved with its validation score, on the same
@@ -53,6 +56,7 @@ PHASE_DEFAULTS = {
     "weight_decay": 0.0,
     "candidate_start": "text",
     "mix_alpha": 0.5,
+    "screen_margin": 0,
 }
 VECTORS_FORMAT = 1
 
@@ -117,11 +121,17 @@ def check_config(config: dict) -> dict:
         raise ValueError(f"mix_alpha must be a number in (0, 1], got {cfg['mix_alpha']!r}") from e
     if not 0.0 < alpha <= 1.0:
         raise ValueError(f"mix_alpha must be a number in (0, 1], got {cfg['mix_alpha']!r}")
+    try:
+        margin = float(cfg["screen_margin"])
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"screen_margin must be a number of validation examples >= 0, got {cfg['screen_margin']!r}") from e
+    if not margin >= 0:
+        raise ValueError(f"screen_margin must be a number of validation examples >= 0, got {cfg['screen_margin']!r}")
     candidates = config.get("prompt_candidates") or []
     if isinstance(candidates, str) or not all(isinstance(c, str) for c in candidates):
         raise ValueError(f"prompt_candidates must be a list of texts, got {candidates!r}")
     return {**cfg, "steps": steps, "eval_every": eval_every, "batch_size": batch_size, "lr": lr,
-            "weight_decay": weight_decay, "mix_alpha": alpha}
+            "weight_decay": weight_decay, "mix_alpha": alpha, "screen_margin": margin}
 
 
 def examples_key(examples: list) -> str:
@@ -159,6 +169,8 @@ def run_phase(config: dict, model, train: list, val: list,
     in_tune = _in_tune()
     if report is None:
         report = _tune_report if in_tune else (lambda metrics, ckpt: None)
+    if in_tune:
+        match_threads()
     trial_id = config.get("trial_id") or (_trial_id() if in_tune else "local")
     seed = int(config.get("phase_seed", 0))
     torch.manual_seed(seed)
@@ -199,7 +211,7 @@ def run_phase(config: dict, model, train: list, val: list,
         prompt = model.init_vectors(config.get("prompt_init") or "")
     prompt = prompt.detach().clone().float().to(model.device)
     if restored is None:
-        prompt, start, screened = _screen_start(config, cfg, model, prompt, known, evaluate)
+        prompt, start, screened = _screen_start(config, cfg, model, prompt, known, evaluate, len(val))
     prompt = torch.nn.Parameter(prompt)
     optimizer = _make_optimizer(cfg["optimizer"], [prompt, *model.extra_parameters()], float(cfg["lr"]),
                                 float(cfg["weight_decay"]))
@@ -212,7 +224,7 @@ def run_phase(config: dict, model, train: list, val: list,
     def base_metrics(val_acc: float, val_loss: float, text: str, step: int) -> dict:
         return {"val_acc": val_acc, "loss": val_loss, "prompt_text": text, "step": step,
                 "generation": config.get("generation", 0), "origin": config.get("origin", "seed"),
-                "evaluations": counted["evaluations"]}
+                "evaluations": counted["evaluations"], "torch_threads": torch.get_num_threads()}
 
     def evaluate_and_report(step: int, train_loss: float, scored: tuple[float, float] | None = None,
                             **extra: Any) -> None:
@@ -267,12 +279,13 @@ def run_phase(config: dict, model, train: list, val: list,
 
 
 def _screen_start(config: dict, cfg: dict, model, prompt: torch.Tensor, known: tuple[float, float] | None,
-                  evaluate: Callable) -> tuple[torch.Tensor, dict, list]:
+                  evaluate: Callable, n_val: int) -> tuple[torch.Tensor, dict, list]:
     """The phase's start: its own (``prompt``) or the best screened candidate that beats it on validation.
 
     Returns the start vectors, a description of the start (its score, whether the score was reused, which
     candidate) and the ``(text, (loss, acc))`` of the candidates that lost, in the order given."""
     own = known if known is not None else evaluate(prompt)
+    need = cfg["screen_margin"] / max(1, n_val)
     start = {"scored": own, "reused": known is not None, "label": "own", "text": config.get("prompt_init") or ""}
     candidates = [c for c in (config.get("prompt_candidates") or []) if c.strip()]
     if not candidates:
@@ -287,7 +300,8 @@ def _screen_start(config: dict, cfg: dict, model, prompt: torch.Tensor, known: t
         scored.append((text, vectors, evaluate(vectors)))
     best_i = max(range(len(scored)), key=lambda i: (scored[i][2][1], -scored[i][2][0], -i))
     loss, acc = scored[best_i][2]
-    if acc > own[1] or (acc == own[1] and loss < own[0]):
+    wins = acc > own[1] + need + 1e-9 if need > 0 else acc > own[1] or (acc == own[1] and loss < own[0])
+    if wins:
         text, vectors, score = scored[best_i]
         losers = [(t, s) for i, (t, _, s) in enumerate(scored) if i != best_i]
         return vectors, {"scored": score, "reused": False, "label": f"candidate {best_i}", "text": text}, losers
@@ -296,6 +310,22 @@ def _screen_start(config: dict, cfg: dict, model, prompt: torch.Tensor, known: t
 
 def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def match_threads() -> int:
+    """Give torch as many intra-op threads as the CPUs this Ray worker was assigned (a trial with
+    ``{"cpu": 1}`` must not spread over every core of the node); returns the thread count."""
+    try:
+        import ray
+
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
+    except Exception:  # not in a Ray worker, or an older Ray
+        cpus = None
+    if cpus:
+        threads = max(1, int(cpus))
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+    return torch.get_num_threads()
 
 
 def _tune_report(metrics: dict, checkpoint_dir: str | None) -> None:
