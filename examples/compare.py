@@ -526,10 +526,51 @@ def write_table(results: dict, path: str) -> str:
             test_n = next(r["test_n"] for (a, s), r in by.items() if s == seed)
             first = f"{base[seed]['test_acc']:.3f}" if seed in base else "-"
             lines.append(f"| {dataset} | {seed} | {test_n} | {first} | " + " | ".join(cells) + " |")
+    lines += ["", *paired_table(runs)]
     text = "\n".join(lines) + "\n"
     with open(path, "w") as f:
         f.write(text)
     return text
+
+
+# two-sided 95% quantiles of Student's t by degrees of freedom (n seeds - 1)
+_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+
+
+def paired(values: list[float]) -> str:
+    """``mean ± half-width`` of a 95% t-interval over seeds (a single seed: the value alone)."""
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:+.3f}"
+    half = _T95.get(len(values) - 1, 1.96) * statistics.stdev(values) / math.sqrt(len(values))
+    return f"{statistics.mean(values):+.3f} ± {half:.3f}"
+
+
+def paired_table(runs: list[dict]) -> list[str]:
+    """Test accuracy of each arm minus gradient only's, seed by seed (same splits, same generation 0), with a
+    95% interval; and the screened LLM arm minus its no-LLM control. The last row averages the datasets."""
+    pairs = [(a, "gradient") for a in ARMS if a != "gradient"] + [("screened", "screened-perturb")]
+    by = {(r["dataset"], r["arm"], r["seed"]): r["test_acc"] for r in runs}
+    datasets = sorted({r["dataset"] for r in runs})
+    present = [(a, b) for a, b in pairs if any((d, a, s) in by and (d, b, s) in by for d, _, s in by)]
+    if not present:
+        return []
+    head = ["| dataset | " + " | ".join(f"{ARM_LABELS[a]} − {ARM_LABELS[b]}" for a, b in present) + " |",
+            "|---|" + "---|" * len(present)]
+    rows, means = [], {p: [] for p in present}
+    for d in datasets:
+        cells = []
+        for a, b in present:
+            seeds = sorted(s for dd, aa, s in by if dd == d and aa == a and (d, b, s) in by)
+            diffs = [by[(d, a, s)] - by[(d, b, s)] for s in seeds]
+            cells.append(f"{paired(diffs)} (n={len(diffs)})" if diffs else "-")
+            if diffs:
+                means[(a, b)].append(statistics.mean(diffs))
+        rows.append(f"| {d} | " + " | ".join(cells) + " |")
+    rows.append("| mean over datasets | " + " | ".join(
+        f"{statistics.mean(means[p]):+.3f} ({len(means[p])} sets)" if means[p] else "-" for p in present) + " |")
+    return ["Paired test-accuracy differences per seed (mean ± 95% t-interval over seeds):", "", *head, *rows]
 
 
 def _starts(run: dict, origin: str) -> int:
@@ -685,8 +726,9 @@ def main(argv=None, llm_factory=None) -> dict:
 
         command = "python examples/compare.py " + " ".join(sys.argv[1:] if argv is None else argv)
         results.setdefault("commands", []).append(command)
-        ray.init(num_cpus=args.cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False,
-                 ignore_reinit_error=True)
+        if args.backend == "tune":  # the inline backend needs no Ray cluster
+            ray.init(num_cpus=args.cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False,
+                     ignore_reinit_error=True)
         storage = os.path.abspath(os.path.expanduser(args.storage))
         print(f"budget per arm and seed: {b}")
         units = []
@@ -727,7 +769,8 @@ def main(argv=None, llm_factory=None) -> dict:
         else:
             for dataset, seed, arm in units:
                 keep(run_arm(args, dataset, seed, arm, storage, llm_factory))
-        ray.shutdown()
+        if ray.is_initialized():
+            ray.shutdown()
     table = write_table(results, os.path.join(args.out, "RESULTS_TABLE.md"))
     print(table)
     try:

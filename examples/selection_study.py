@@ -65,6 +65,10 @@ def main(argv=None) -> dict:
         config = compare.base_config(run_args, run["dataset"], run["seed"])
         for rule in args.rules:
             chosen = choose(run["evaluations"], rule)
+            if rule == "acc" and chosen["vectors_path"]:
+                # the phase's best-vectors file holds this same evaluation: compare.py already scored it on test
+                table[(run["dataset"], run["arm"], rule, run["seed"])] = run["test_acc"]
+                continue
             path = chosen["step_vectors_path"]
             if path not in cache:
                 cache[path] = evaluate_prompt(config, vectors_path=path)["acc"]
