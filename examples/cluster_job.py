@@ -147,7 +147,8 @@ def main(argv=None) -> dict:
     analysis = tune.run(
         trainable, name=name, storage_path=storage, config=base, search_alg=search,
         num_samples=search.total_trials, metric="val_acc", mode="max", verbose=1,
-        resources_per_trial={"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial}, reuse_actors=True,
+        resources_per_trial={"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial},
+        # not reused: a worker that finishes first would take every phase, and the job shows the cluster's reach
     )
     results = [t.last_result or {} for t in analysis.trials]
     best = search.best() or {}

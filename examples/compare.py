@@ -585,7 +585,8 @@ def write_plots(results: dict, out: str) -> list[str]:
     import matplotlib.pyplot as plt
 
     paths = []
-    colors = {"gradient": "tab:blue", "llm": "tab:orange", "llm+gradient": "tab:green"}
+    colors = {"gradient": "tab:blue", "llm": "tab:orange", "llm+gradient": "tab:green", "screened": "tab:red",
+              "screened-perturb": "tab:purple"}
     for dataset in sorted({r["dataset"] for r in results["runs"]}):
         runs = [r for r in results["runs"] if r["dataset"] == dataset]
         fig, axes = plt.subplots(1, 2, figsize=(11, 4))

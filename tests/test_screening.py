@@ -252,3 +252,13 @@ def test_schedule_is_checked():
     assert LLMSearch(llm, "t", ["a"], population=2, schedule=[{}, {}, {}]).generations == 3
     with pytest.raises(ValueError, match="proposals"):
         LLMSearch(llm, "t", ["a"], proposals="random")
+
+
+def test_match_threads_outside_ray_starts_no_ray_session():
+    ray = pytest.importorskip("ray")
+    from trainables.phase import match_threads
+
+    was = ray.is_initialized()
+    threads = torch.get_num_threads()
+    assert match_threads() == threads
+    assert ray.is_initialized() == was

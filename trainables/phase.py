@@ -318,7 +318,8 @@ def match_threads() -> int:
     try:
         import ray
 
-        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
+        # never ray.get_runtime_context() without a Ray session: it would start one (a driver's tests, ...)
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU") if ray.is_initialized() else None
     except Exception:  # not in a Ray worker, or an older Ray
         cpus = None
     if cpus:
