@@ -447,13 +447,14 @@ def best_so_far(evaluations: list[dict], b: dict, axis: str) -> list[tuple[float
             spent += 0 if r.get("reused") else 1
             x = offset_steps[r["generation"]] + p * r["step"] if axis == "steps" else spent
             points.append((x, r["val_acc"]))
-    for r in evaluations if not scheduled else []:
-        g, s = r["generation"], r["step"]
-        if axis == "steps":
-            x = g * width + p * s
-        else:
-            x = (g + 1) * p * e if zero_step else g * p * e + p * (s // every + 1)
-        points.append((x, r["val_acc"]))
+    else:
+        for r in evaluations:
+            g, s = r["generation"], r["step"]
+            if axis == "steps":
+                x = g * width + p * s
+            else:
+                x = (g + 1) * p * e if zero_step else g * p * e + p * (s // every + 1)
+            points.append((x, r["val_acc"]))
     points.sort()
     curve, best = [], -math.inf
     for x, v in points:

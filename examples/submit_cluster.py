@@ -27,6 +27,7 @@ Needs ``ray[default]`` here (the job CLI) and a cluster started with its dashboa
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import os
 import shutil
@@ -74,13 +75,17 @@ def stage_job(folder: str) -> str:
     return folder
 
 
+def _excluded(name: str) -> bool:
+    return any(fnmatch.fnmatch(name, pattern.removeprefix("**/")) for pattern in EXCLUDES)
+
+
 def upload_bytes(env: dict) -> int:
-    """Bytes of the files the runtime env uploads (working_dir and py_modules, excludes applied roughly)."""
+    """Bytes of the files the runtime env uploads (working_dir and py_modules, less what EXCLUDES names)."""
     total = 0
     for top in [env["working_dir"], *env.get("py_modules", [])]:
         for folder, dirs, files in os.walk(top):
-            dirs[:] = [d for d in dirs if d not in EXCLUDES and d != "__pycache__" and not d.endswith(".egg-info")]
-            total += sum(os.path.getsize(os.path.join(folder, f)) for f in files if not f.endswith(".pyc"))
+            dirs[:] = [d for d in dirs if not _excluded(d)]
+            total += sum(os.path.getsize(os.path.join(folder, f)) for f in files if not _excluded(f))
     return total
 
 

@@ -730,9 +730,9 @@ class LLMSearch(Searcher):
         vocabulary = vocabulary_of(self.seed_prompts + [self.task_description])
         bases = []
         for trajectory in self._pool.ranked():
-            for text in (trajectory.adopted or trajectory.prompt_init,):
-                if text and text not in bases:
-                    bases.append(text)
+            text = trajectory.adopted or trajectory.prompt_init
+            if text and text not in bases:
+                bases.append(text)
         bases = bases or list(self.seed_prompts)
         out: list[str] = []
         keys = set(exclude)

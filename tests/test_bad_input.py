@@ -190,15 +190,7 @@ def test_the_tiny_valid_config_the_rows_start_from_runs(data_dir):
 # -- through Tune -----------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def ray_session():
-    ray = pytest.importorskip("ray")
-    if ray.is_initialized():
-        ray.shutdown()
-    path = os.pathsep.join(p for p in (helpers.HERE, os.environ.get("PYTHONPATH")) if p)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
-    yield
-    ray.shutdown()
+ray_session = pytest.fixture(scope="module", name="ray_session")(helpers.ray_session)
 
 
 def _tune_run(tmp_path, name: str, metric=None, mode=None, search_kwargs=None, num_samples=None):

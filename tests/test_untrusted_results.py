@@ -17,16 +17,7 @@ import rls_helpers as helpers  # noqa: E402
 from ray_llm_search import LLMSearch, Mentor  # noqa: E402
 from ray_llm_search.pool import Evaluation, PromptPool, Trajectory  # noqa: E402
 
-
-@pytest.fixture(scope="module")
-def ray_session():
-    ray = pytest.importorskip("ray")
-    if ray.is_initialized():
-        ray.shutdown()
-    path = os.pathsep.join(p for p in (helpers.HERE, os.environ.get("PYTHONPATH")) if p)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
-    yield
-    ray.shutdown()
+ray_session = pytest.fixture(scope="module", name="ray_session")(helpers.ray_session)
 
 
 # -- non-finite metrics -------------------------------------------------------------------------------------------

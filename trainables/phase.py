@@ -16,12 +16,12 @@ A ``PromptModel`` (text soft prompts, CLIP CoOp, your own) supplies the model-sp
 Screened starts (the searcher sets these keys; see ``LLMSearch(screen=...)``):
 
 - ``prompt_candidates``: texts the phase evaluates on validation *before* its first step; the phase starts
-  from the best of its own start and these (ties: its own start), so that a candidate takes the place of a
-  chain only when it beats the chain. Each screened candidate that loses is reported as one result with
+  from the best of its own start and these (a candidate must beat the start: higher accuracy, or equal
+  accuracy at a lower loss), so that a candidate takes the place of a chain only when it beats the chain. Each screened candidate that loses is reported as one result with
   ``screen: True`` (it is an evaluation: it counts in the budget); the winner is the phase's step-0 result.
 - ``screen_margin``: a candidate takes the start's place only if it gets more than this many additional
-  validation examples right (default 0: any gain in accuracy, or equal accuracy at a lower loss). On a small validation split a
-  one-example gain is mostly luck; a margin keeps chains from being displaced by it.
+  validation examples right (default 0: any gain in accuracy, or equal accuracy at a lower loss). On a small
+  validation split a one-example gain is mostly luck; a margin keeps chains from being displaced by it.
 - ``candidate_start``: ``"text"`` (default: a candidate starts from its token embeddings) or ``"mix"`` (a warm
   restart: ``(1 - mix_alpha) * start + mix_alpha * embed(candidate)``, where ``start`` is the resumed vectors).
 - ``reuse_start_score``: a phase that resumes from a vectors file saved with its validation score, on the same

@@ -25,6 +25,21 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 CONTRACT_KEYS = {"val_acc", "loss", "prompt_text", "step"}
 
 
+# -- Ray -------------------------------------------------------------------------------------------------------
+
+
+def ray_session():
+    """A module fixture's body: a fresh 2-CPU Ray whose workers find this folder on their path."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    path = os.pathsep.join(p for p in (HERE, os.environ.get("PYTHONPATH")) if p)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
+    yield
+    ray.shutdown()
+
+
 # -- trainables ------------------------------------------------------------------------------------------------
 
 
