@@ -59,6 +59,7 @@ def main(argv=None) -> dict:
     from ray import tune
 
     from ray_llm_search import LLMSearch, make_llm
+    from ray_llm_search.timeline import describe, worker_timeline
     from trainables.data import bbc_news_spec
     from trainables.text_prompt import evaluate_prompt, train_text_prompt
 
@@ -124,20 +125,24 @@ def main(argv=None) -> dict:
     print(f"best of generation 0      {gen0_test['acc']:.3f}  \"{gen0_test['prompt_text']}\" (gradient only)")
     print(f"final best (gen {best['generation']}, {best['origin']:<5}) {best_test['acc']:.3f}  \"{best_test['prompt_text']}\"")
 
+    workers = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    phase_compute = time_phase_in_process(base, gen0_best)
+    timeline = worker_timeline([t.last_result for t in analysis.trials if t.last_result], wall_s=tune_wall,
+                               workers=workers, phase_compute_s=phase_compute)
     wall = time.time() - started
     n_trials = len(analysis.trials)
-    phase_time = sum(t.last_result.get("time_total_s", 0.0) for t in analysis.trials if t.last_result)
-    workers = max(1, int(ray.cluster_resources().get("CPU", 1)))
     summary = {
         "wall_s": round(wall, 1),
         "tune_wall_s": round(tune_wall, 1),
         "llm_s": round(search.llm_seconds, 1),
         "llm_share": round(search.llm_seconds / max(wall, 1e-9), 3),
         "trials": n_trials,
-        "phase_s_total": round(phase_time, 1),
         "workers": workers,
-        # the share of the workers' time (Tune's wall x workers) spent inside phases, as the trials timed them
-        "utilisation": round(phase_time / max(tune_wall * workers, 1e-9), 3),
+        # the phase timed in this process without Tune (the compute a worker cannot avoid), and where the
+        # workers' time went: the share inside phases, setup, first-step latency, gaps (ray_llm_search.timeline)
+        "phase_compute_s": round(phase_compute, 2),
+        "timeline": timeline,
+        "utilisation": timeline["utilisation"],
         "searcher_cpu_ms_per_event": round(1000 * search.cpu_seconds_per_event, 3),
         "seed_test_acc": seed_test["acc"],
         "gen0_test_acc": gen0_test["acc"],
@@ -152,12 +157,31 @@ def main(argv=None) -> dict:
     print(f"wall {summary['wall_s']}s (Tune {summary['tune_wall_s']}s, LLM rounds {summary['llm_s']}s = "
           f"{100 * summary['llm_share']:.0f}% of wall), {n_trials} trials, searcher CPU "
           f"{summary['searcher_cpu_ms_per_event']} ms/event")
-    print(f"utilisation: workers inside phases {100 * summary['utilisation']:.0f}% of Tune's wall "
-          f"({phase_time:.0f}s of phases on {workers} workers in {tune_wall:.0f}s; ideal wall "
-          f"{phase_time / workers:.0f}s)")
+    print(describe(timeline, tune_wall, workers))
     print(f"results: {experiment}")
     print(f"watch it: tensorboard --logdir {experiment}")
     return summary
+
+
+def time_phase_in_process(base: dict, trajectory) -> float:
+    """Seconds one generation-0 phase (the same config and phase seed as a trial of this run) takes in this
+    process, one thread, no Tune: the compute that the ideal wall time is made of."""
+    import torch
+
+    from trainables.phase import run_phase
+    from trainables.text_prompt import build_classifier, dataset_for
+
+    config = {**base, "prompt_init": trajectory.prompt_init, "phase_seed": 0}
+    data = dataset_for(config)
+    model = build_classifier(config, data)  # loaded once already for the test evaluations above
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        t = time.perf_counter()
+        run_phase(config, model, data.train, data.val, report=lambda metrics, checkpoint: None)
+        return time.perf_counter() - t
+    finally:
+        torch.set_num_threads(threads)
 
 
 if __name__ == "__main__":

@@ -52,8 +52,7 @@ def main(argv=None) -> dict:
     p.add_argument("--out", required=True)
     p.add_argument("--rules", nargs="+", default=["acc", "loss"])
     args = p.parse_args(argv)
-    import compare  # noqa: E402  (examples/ is on sys.path as the script's folder)
-
+    from ray_llm_search import compare
     from trainables.text_prompt import evaluate_prompt
 
     results = compare.load_results(os.path.join(args.out, "results.json"))

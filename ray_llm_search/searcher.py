@@ -42,7 +42,7 @@ CONFIG_KEYS = ("prompt_init", "resume_from", "generation", "origin", "phase_seed
 # Keys added only where they apply: a generation's steps from ``schedule``; the screened-start keys of
 # ``trainables.phase`` (``prompt_candidates``, ``candidate_start``, ``mix_alpha``, ``reuse_start_score``).
 OPTIONAL_CONFIG_KEYS = ("steps", "eval_every", "prompt_candidates", "candidate_start", "mix_alpha",
-                        "screen_margin", "reuse_start_score")
+                        "screen_margin", "screen_test", "reuse_start_score")
 PROPOSALS = ("llm", "perturb")
 
 
@@ -82,6 +82,9 @@ class LLMSearch(Searcher):
             ``(1 - mix_alpha) * elite vectors + mix_alpha * candidate embedding``).
         screen_margin: a screened candidate takes an elite's place only if it gets more than this many additional
             validation examples right (0: any gain); a one-example gain on a small split is mostly luck.
+        screen_test: ``"gain"`` (default: a candidate that scores higher wins) or ``"paired"`` (it must be right on
+            significantly more of the validation examples where it and the elite disagree; a sign test whose
+            level is shared among the screened candidates), so that luck on a small split displaces no chain.
         reuse_start_score: an elite takes its saved validation score as its step-0 evaluation instead of
             computing it again (same validation examples only); saves one evaluation per elite.
 
@@ -116,6 +119,7 @@ class LLMSearch(Searcher):
         mix_alpha: float = 0.5,
         reuse_start_score: bool = False,
         screen_margin: float = 0,
+        screen_test: str = "gain",
     ) -> None:
         if mode is not None and mode not in ("max", "min"):
             raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
@@ -151,6 +155,8 @@ class LLMSearch(Searcher):
             raise ValueError(f"mix_alpha must be a number in (0, 1], got {mix_alpha!r}")
         if isinstance(screen_margin, bool) or not isinstance(screen_margin, (int, float)) or not screen_margin >= 0:
             raise ValueError(f"screen_margin must be a number of validation examples >= 0, got {screen_margin!r}")
+        if screen_test not in ("gain", "paired"):
+            raise ValueError(f"screen_test must be 'gain' or 'paired', got {screen_test!r}")
         if not isinstance(top_k, int) or top_k < 1:
             raise ValueError(f"top_k must be an integer >= 1, got {top_k!r}")
         if candidates_per_round is not None and (
@@ -186,6 +192,7 @@ class LLMSearch(Searcher):
         self.mix_alpha = float(mix_alpha)
         self.reuse_start_score = bool(reuse_start_score)
         self.screen_margin = screen_margin
+        self.screen_test = screen_test
         self.max_prompt_words = max_prompt_words
         self.seed = seed
         stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d_%H-%M-%S")
@@ -314,7 +321,7 @@ class LLMSearch(Searcher):
         # Defaults for what an LLMSearch pickled by an older version (a tuner.pkl) lacks.
         self.__dict__.update({"llm_reasks": 0, "_restored": False, "_replay_from": None,
                               "_search_id": uuid.uuid4().hex[:16], "schedule": None, "screen": 0, "proposals": "llm",
-                              "candidate_start": "text", "mix_alpha": 0.5, "reuse_start_score": False, "screen_margin": 0,
+                              "candidate_start": "text", "mix_alpha": 0.5, "reuse_start_score": False, "screen_margin": 0, "screen_test": "gain",
                               "_held": [], "_screened": {}, "_suspicious": {}, "_domains": [],
                               "_space_rng": random.Random()})
         self.__dict__.update(state)
@@ -394,7 +401,7 @@ class LLMSearch(Searcher):
                 out[key] = plan[key]
         if spec.get("prompt_candidates"):
             out.update(prompt_candidates=list(spec["prompt_candidates"]), candidate_start=self.candidate_start,
-                       mix_alpha=self.mix_alpha, screen_margin=self.screen_margin)
+                       mix_alpha=self.mix_alpha, screen_margin=self.screen_margin, screen_test=self.screen_test)
         if spec["resume_from"] and self.reuse_start_score:
             out["reuse_start_score"] = True
         return out

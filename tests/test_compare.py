@@ -1,9 +1,8 @@
-"""examples/compare.py: the three arms spend the same budget, share seeds and splits, and a tiny real run
+"""ray_llm_search.compare (and its examples/compare.py): the arms spend the same budget, share seeds and splits, and a tiny real run
 writes the table and the plot; and the authors' LM setting (hub model names, sentence pairs, linear head)."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 import re
@@ -18,10 +17,7 @@ from trainables.data import shared_data_spec
 
 ROOT = Path(__file__).parents[1]
 SHARED_DATA = Path(__file__).parents[2] / "shared" / "data"
-_spec = importlib.util.spec_from_file_location("compare", ROOT / "examples" / "compare.py")
-compare = importlib.util.module_from_spec(_spec)
-sys.modules["compare"] = compare  # Tune pickles the searcher, whose class lives in this module
-_spec.loader.exec_module(compare)
+from ray_llm_search import compare  # noqa: E402
 
 
 class ScriptedLLM(LLM):
@@ -239,13 +235,51 @@ def test_sentence_pairs_with_a_linear_head(tmp_path, one_torch_thread):
 # -- a tiny real run: Ray Tune, MiniLM, three arms -------------------------------------------------------------
 
 
+# The authors' regime needs a longer budget than the tiny run's (its own test below).
+TINY_ARMS = [a for a in compare.ARMS if not a.startswith("authors")]
+
+
+def test_authors_schedule_spends_the_gradient_arms_budget_or_says_why_not():
+    args = _args()
+    schedule = compare.authors_schedule(args)
+    b = compare.budget(args)
+    assert [g["steps"] for g in schedule] == [8, 8, 8, 8, 64] and sum(g["steps"] for g in schedule) == b["gradient_steps"]
+    # generation 0: start + end; each round: S screened + 1 (start reused); the long descent: 64 / 4
+    evaluations = 2 + sum(g.get("screen", 0) + 1 for g in schedule[1:4]) + 64 // 4
+    assert evaluations == b["evaluations"] and all(g["screen"] == 5 for g in schedule[1:4])
+    with pytest.raises(ValueError, match="authors' arm needs"):
+        compare.authors_schedule(compare.parse_args(["--generations", "2", "--population", "2", "--steps", "2",
+                                                     "--eval-every", "2"]))
+
+
+@pytest.mark.slow
+def test_authors_regime_runs_one_chain_at_the_same_budget(tmp_path):
+    argv = ["--datasets", "sst2", "--seeds", "3", "--generations", "3", "--population", "2", "--steps", "2",
+            "--eval-every", "1", "--shots", "2", "--val-shots", "2", "--test-size", "10", "--max-length", "32",
+            "--backend", "inline", "--out", str(tmp_path / "out"), "--storage", str(tmp_path / "storage"),
+            "--data-root", str(SHARED_DATA), "--no-seed-prompt", "--arms", "gradient", "authors", "authors-perturb"]
+    result = compare.main(argv, llm_factory=lambda args, seed: ScriptedLLM())
+    runs = {r["arm"]: r for r in result["results"]["runs"]}
+    b = runs["gradient"]["budget"]
+    for arm in ("authors", "authors-perturb"):
+        run = runs[arm]
+        assert run["trials"] == 5 and run["gradient_steps"] == b["gradient_steps"] == 12
+        assert run["n_evaluations"] == b["evaluations"] == 18
+        # 3 rounds screen 3 candidates each; every later phase starts from its reused score or a winner
+        assert run["screened"] == 3 * 3
+        starts = [e for e in run["evaluations"] if e["generation"] > 0 and e["step"] == 0 and not e["screen"]]
+        assert len(starts) == 4 and all(e["reused"] or str(e["start"]).startswith("candidate") for e in starts)
+        assert {e["prompt_init"] for e in run["evaluations"] if e["generation"] == 0} == {compare.TASKS["sst2"][1][0]}
+    assert runs["authors"]["llm_calls"] == 3 and runs["authors-perturb"]["llm_calls"] == 0
+
+
 @pytest.mark.slow
 def test_tiny_run_spends_equal_budgets_shares_seeds_and_writes_table_and_plot(tmp_path):
     out, storage = tmp_path / "out", tmp_path / "storage"
     argv = ["--datasets", "sst2", "--seeds", "3", "--generations", "2", "--population", "2", "--steps", "2",
             "--eval-every", "2", "--shots", "2", "--val-shots", "2", "--test-size", "10", "--max-length", "32",
             "--cpus", "2", "--out", str(out), "--storage", str(storage), "--data-root", str(SHARED_DATA),
-            "--arms", *compare.ARMS]
+            "--arms", *TINY_ARMS]
     llms = []
 
     def scripted(args, seed):
@@ -254,7 +288,7 @@ def test_tiny_run_spends_equal_budgets_shares_seeds_and_writes_table_and_plot(tm
 
     result = compare.main(argv, llm_factory=scripted)
     runs = {r["arm"]: r for r in result["results"]["runs"]}
-    assert set(runs) == set(compare.ARMS)
+    assert set(runs) == set(TINY_ARMS)
     b = runs["gradient"]["budget"]
     assert b["gradient_steps"] == 2 * 2 * 2 and b["evaluations"] == 2 * 2 * 2
     # what the trials reported, counted again here from the recorded evaluations
@@ -274,9 +308,14 @@ def test_tiny_run_spends_equal_budgets_shares_seeds_and_writes_table_and_plot(tm
             # 2 chains x 2 gradient generations start from a reused score, unless a screened candidate won
             assert reused + adopted == 2 * 2 and run["screened"] == 2
             assert len(run["evaluations"]) - reused == b["evaluations"]
+        elif arm.startswith("late"):
+            # generation 0 descends from the seeds; generation 1's 2 chains resume (or adopt) after screening 1 each
+            assert reused + adopted == 2 and run["screened"] == 2
+            assert len(run["evaluations"]) - reused == b["evaluations"]
         else:
             assert len(run["evaluations"]) == b["evaluations"] and reused == screened == 0
-        want_calls = {"gradient": 0, "screened-perturb": 0, "screened": 1}.get(arm, b["llm_calls"])
+        want_calls = {"gradient": 0, "screened-perturb": 0, "screened": 1, "late-mix": 1, "late-mix-perturb": 0,
+                      "perturb+gradient": 0, "screened-paired": 1, "screened-perturb-paired": 0}.get(arm, b["llm_calls"])
         assert run["llm_calls"] == want_calls
     # same splits, and generation 0 of the two gradient arms is the same set of phases with the same results
     assert runs["gradient"]["split_sizes"] == runs["llm"]["split_sizes"] == runs["llm+gradient"]["split_sizes"]
@@ -290,8 +329,8 @@ def test_tiny_run_spends_equal_budgets_shares_seeds_and_writes_table_and_plot(tm
     assert {e["prompt_init"] for e in runs["llm"]["evaluations"] if e["generation"] == 0} == set(
         compare.TASKS["sst2"][1][:2])
     table = (out / "RESULTS_TABLE.md").read_text()
-    for label in compare.ARM_LABELS.values():
-        assert label in table
+    for arm in TINY_ARMS:
+        assert compare.ARM_LABELS[arm] in table
     assert (out / "results.json").is_file()
     assert list((out / "tensorboard" / "sst2").iterdir())
     pytest.importorskip("matplotlib")

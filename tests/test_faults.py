@@ -90,6 +90,37 @@ def test_a_phase_that_raises_restarts_from_its_last_checkpoint(ray_session, tmp_
     assert [r["errored"] for r in recs] == [0, 0]
 
 
+def test_a_scheduled_phase_with_a_trained_head_restarts_with_its_steps_and_its_head(ray_session, tmp_path):
+    """A chain of generation 1 (its own schedule entry: 4 steps, evaluated every 2; a linear head carried from
+    generation 0) raises before reporting step 2; restarted from its step-0 checkpoint it must end exactly as the
+    same search without the fault: the head, optimizer and batch order come back with the prompt."""
+
+    def run(name: str, fault: dict | None) -> tuple[LLMSearch, list]:
+        search = LLMSearch(helpers.CallLogLLM(str(tmp_path / f"{name}.jsonl")), TASK, SEEDS, metric="val_acc",
+                           mode="max", population=2, elites=2, seed=3, log_dir=str(tmp_path / name),
+                           schedule=[{"steps": 2, "eval_every": 1}, {"steps": 4, "eval_every": 2}])
+        config = {**text_config(fault), "head": "linear"}
+        analysis = tune.run(helpers.faulty_text_prompt, config=config, search_alg=search,
+                            num_samples=search.total_trials, max_failures=1, storage_path=str(tmp_path), name=name,
+                            resources_per_trial={"cpu": 1}, reuse_actors=True, verbose=0)
+        return search, analysis.trials
+
+    marker = tmp_path / "fault-raised"
+    faulty, trials = run("faulty", {"kind": "raise", "step": 2, "marker": str(marker), "generation": 1})
+    clean, _ = run("clean", None)
+    faulty_id = marker.read_text()
+    assert {t.trial_id: t for t in trials}[faulty_id].num_failures == 1
+    by_id = {t.trial_id: t for t in faulty.trajectories}
+    assert by_id[faulty_id].generation == 1 and [e.step for e in by_id[faulty_id].evaluations] == [0, 2, 4]
+
+    def points(search):
+        return sorted((t.generation, t.prompt_init, e.step, round(e.metric, 6), round(e.loss, 5))
+                      for t in search.trajectories for e in t.evaluations)
+
+    assert points(faulty) == points(clean)
+    assert all(e.step in (0, 2, 4) for t in faulty.trajectories if t.generation == 1 for e in t.evaluations)
+
+
 def test_a_phase_killed_with_sigkill_leaves_the_search_consistent(ray_session, tmp_path):
     marker = tmp_path / "fault-killed"
     log_dir = tmp_path / "log"

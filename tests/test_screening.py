@@ -262,3 +262,104 @@ def test_match_threads_outside_ray_starts_no_ray_session():
     threads = torch.get_num_threads()
     assert match_threads() == threads
     assert ray.is_initialized() == was
+
+
+# -- the paired screening test ------------------------------------------------------------------------------
+
+class Table:
+    """A ``PromptModel`` whose texts are rows of a table: which of 20 validation examples each text gets right
+    (the vectors carry the row's number). No gradient: for the screening decision alone."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, right: dict[str, list[int]]) -> None:
+        self.texts = list(right)
+        self.right = right
+        self.evaluations = 0
+
+    def identity(self) -> dict:
+        return {"model": "table"}
+
+    def init_vectors(self, text: str) -> torch.Tensor:
+        return torch.full((1, 2), float(self.texts.index(text)))
+
+    def project(self, vectors: torch.Tensor) -> str:
+        return self.texts[int(round(float(vectors[0, 0])))]
+
+    def extra_parameters(self) -> list:
+        return []
+
+    def extra_state(self) -> dict:
+        return {}
+
+    def load_extra_state(self, state: dict) -> None:
+        pass
+
+    def loss(self, vectors: torch.Tensor, batch: list) -> torch.Tensor:
+        return (vectors * 0.0).sum()
+
+    def evaluate_each(self, vectors: torch.Tensor, examples: list) -> tuple[float, float, list[bool]]:
+        self.evaluations += 1
+        hits = set(self.right[self.project(vectors)])
+        flags = [i in hits for i in range(len(examples))]
+        return 1.0 - sum(flags) / len(flags), sum(flags) / len(flags), flags
+
+    def evaluate(self, vectors: torch.Tensor, examples: list) -> tuple[float, float]:
+        return self.evaluate_each(vectors, examples)[:2]
+
+
+def screen_with(right: dict, config: dict) -> tuple[str, list[dict], Table]:
+    model = Table(right)
+    rows: list[dict] = []
+    run_phase({"steps": 0, "eval_every": 1, "prompt_init": "start", **config}, model, TRAIN, VAL,
+              report=lambda m, ckpt: rows.append(dict(m)))
+    start = next(r for r in rows if r["step"] == 0 and not r.get("screen"))
+    return start["start_text"] if start["start"] != "own" else "own", rows, model
+
+
+def test_the_paired_test_wants_a_gain_on_the_disagreements_not_just_a_higher_accuracy():
+    right = {"start": list(range(10)),
+             "superset": list(range(14)),  # the start's 10 and 4 more: 4 gains, no loss
+             "shuffled": list(range(5, 20))}  # 15 right, but 10 gains against 5 losses
+    config = {"prompt_candidates": ["shuffled", "superset"]}
+    assert screen_with(right, config)[0] == "shuffled"  # the highest accuracy wins the plain comparison
+    # paired: 4 - 0 >= 1.96 * sqrt(4) passes; 10 - 5 < 1.96 * sqrt(15) does not (level 0.05 shared by 2)
+    assert screen_with(right, {**config, "screen_test": "paired"})[0] == "superset"
+
+
+def test_the_paired_test_keeps_the_chain_against_a_luck_sized_gain():
+    right = {"start": list(range(10)), "lucky": list(range(12))}
+    assert screen_with(right, {"prompt_candidates": ["lucky"]})[0] == "lucky"
+    chosen, rows, model = screen_with(right, {"prompt_candidates": ["lucky"], "screen_test": "paired"})
+    assert chosen == "own" and model.evaluations == 2  # the start and the one candidate, nothing more
+    assert [r["prompt_text"] for r in rows if r.get("screen")] == ["lucky"]
+    right["lucky"] = list(range(13))  # 3 - 0 >= 1.645 * sqrt(3): significant at one candidate
+    assert screen_with(right, {"prompt_candidates": ["lucky"], "screen_test": "paired"})[0] == "lucky"
+
+
+def test_a_reused_start_score_carries_its_per_example_results_for_the_paired_test(tmp_path):
+    right = {"start": list(range(10)), "better": list(range(15))}
+    model = Table(right)
+    first: list[dict] = []
+    run_phase({"steps": 0, "prompt_init": "start", "vector_dir": str(tmp_path), "trial_id": "a"}, model, TRAIN,
+              VAL, report=lambda m, ckpt: first.append(dict(m)))
+    path = first[-1]["vectors_path"]
+    resumed = {"resume_from": path, "reuse_start_score": True, "prompt_candidates": ["better"],
+               "screen_test": "paired", "trial_id": "b"}
+    chosen, rows, model = screen_with(right, resumed)
+    assert chosen == "better" and model.evaluations == 1  # the saved results stood for the start's evaluation
+    # a vectors file saved without per-example results: the start is evaluated again, and counted
+    saved = torch.load(path, weights_only=True)
+    saved.pop("val_right")
+    torch.save(saved, path)
+    chosen, rows, model = screen_with(right, resumed)
+    assert chosen == "better" and model.evaluations == 2 and rows[-1]["evaluations"] == 2
+
+
+def test_the_paired_test_needs_per_example_results():
+    with pytest.raises(ValueError, match="screen_test='paired' needs a model with evaluate_each"):
+        phase({"prompt_init": "junk", "prompt_candidates": ["good good"], "screen_test": "paired"})
+    with pytest.raises(ValueError, match="screen_test must be one of"):
+        phase({"prompt_init": "junk", "screen_test": "t-test"})
+    with pytest.raises(ValueError, match="screen_test must be 'gain' or 'paired'"):
+        LLMSearch(Scripted([]), "Classify.", ["a"], population=2, screen_test="bonferroni")

@@ -5,7 +5,8 @@ A ``PromptModel`` (text soft prompts, CLIP CoOp, your own) supplies the model-sp
 
 - ``init_vectors(text) -> Tensor[L, D]`` and ``project(vectors) -> str``
 - ``loss(vectors, batch) -> scalar Tensor`` on training examples
-- ``evaluate(vectors, examples) -> (loss, accuracy)``
+- ``evaluate(vectors, examples) -> (loss, accuracy)``; optional ``evaluate_each(vectors, examples) -> (loss,
+  accuracy, [right per example])`` for the paired screening test
 - ``extra_parameters() -> list[Parameter]`` also trained (e.g. a linear head), with
   ``extra_state()`` / ``load_extra_state(state)``
 - ``identity() -> dict`` that vectors must match to be loaded (model name, shape)
@@ -22,6 +23,10 @@ Screened starts (the searcher sets these keys; see ``LLMSearch(screen=...)``):
 - ``screen_margin``: a candidate takes the start's place only if it gets more than this many additional
   validation examples right (default 0: any gain in accuracy, or equal accuracy at a lower loss). On a small
   validation split a one-example gain is mostly luck; a margin keeps chains from being displaced by it.
+- ``screen_test``: ``"gain"`` (default: any gain beyond the margin wins) or ``"paired"`` (a candidate must be
+  right on significantly more of the examples where it and the start disagree: a sign test, its level shared
+  among the candidates; needs a model with ``evaluate_each``). The best of several candidates beats a chain by
+  a few examples through luck alone; the paired test asks for a gain that luck rarely gives.
 - ``candidate_start``: ``"text"`` (default: a candidate starts from its token embeddings) or ``"mix"`` (a warm
   restart: ``(1 - mix_alpha) * start + mix_alpha * embed(candidate)``, where ``start`` is the resumed vectors).
 - ``reuse_start_score``: a phase that resumes from a vectors file saved with its validation score, on the same
@@ -39,7 +44,9 @@ import logging
 import math
 import os
 import random
+import statistics
 import tempfile
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -57,7 +64,13 @@ PHASE_DEFAULTS = {
     "candidate_start": "text",
     "mix_alpha": 0.5,
     "screen_margin": 0,
+    "screen_test": "gain",
 }
+SCREEN_TESTS = ("gain", "paired")
+# Keys of every result that time the phase (wall-clock: they differ between two runs of the same phase).
+TIMING_KEYS = ("started_at", "setup_s", "first_step_s", "elapsed_s")
+# One-sided level of the paired test, shared (Bonferroni) among the candidates a phase screens.
+PAIRED_ALPHA = 0.05
 VECTORS_FORMAT = 1
 
 
@@ -127,6 +140,8 @@ def check_config(config: dict) -> dict:
         raise ValueError(f"screen_margin must be a number of validation examples >= 0, got {cfg['screen_margin']!r}") from e
     if not margin >= 0:
         raise ValueError(f"screen_margin must be a number of validation examples >= 0, got {cfg['screen_margin']!r}")
+    if cfg["screen_test"] not in SCREEN_TESTS:
+        raise ValueError(f"screen_test must be one of {SCREEN_TESTS}, got {cfg['screen_test']!r}")
     candidates = config.get("prompt_candidates") or []
     if isinstance(candidates, str) or not all(isinstance(c, str) for c in candidates):
         raise ValueError(f"prompt_candidates must be a list of texts, got {candidates!r}")
@@ -152,7 +167,7 @@ def _make_optimizer(name: str, params: list, lr: float, weight_decay: float) -> 
 
 
 def run_phase(config: dict, model, train: list, val: list,
-              report: Callable[[dict, str | None], None] | None = None) -> dict:
+              report: Callable[[dict, str | None], None] | None = None, started: float | None = None) -> dict:
     """Run one gradient phase and return its best evaluation.
 
     Args:
@@ -161,7 +176,15 @@ def run_phase(config: dict, model, train: list, val: list,
         model: a ``PromptModel`` (see module docstring).
         train, val: examples; the phase never sees a test split.
         report: ``report(metrics, checkpoint_dir)``; default ``ray.tune.report`` inside Tune, else nothing.
+        started: ``time.time()`` when the trainable was entered (before its model and data were fetched), for
+            the timing keys; default: now.
+
+    Timing keys in every result: ``started_at`` (that wall-clock time), ``setup_s`` (seconds from it until the
+    phase was ready to evaluate its start: model, data and vectors in hand) and, once the first gradient step
+    has begun, ``first_step_s`` (seconds from ``started_at`` to that step, start evaluations included);
+    ``elapsed_s``: seconds from ``started_at`` to this report.
     """
+    started = time.time() if started is None else float(started)
     cfg = check_config(config)
     steps, eval_every, batch_size = cfg["steps"], cfg["eval_every"], cfg["batch_size"]
     if not train or not val:
@@ -180,10 +203,17 @@ def run_phase(config: dict, model, train: list, val: list,
     vectors_path = os.path.join(vector_dir, f"{trial_id}.pt") if vector_dir else None
     val_key = examples_key(val)
     counted = {"evaluations": 0}
+    each = getattr(model, "evaluate_each", None)
+    right: dict = {"last": None, "known": None}  # per validation example, right or wrong, of the last evaluation (if known)
 
     def evaluate(vectors: torch.Tensor) -> tuple[float, float]:
         counted["evaluations"] += 1
-        return model.evaluate(vectors.detach(), val)
+        if each is None:
+            right["last"] = None
+            return model.evaluate(vectors.detach(), val)
+        loss, acc, flags = each(vectors.detach(), val)
+        right["last"] = list(flags)
+        return loss, acc
 
     start_step, best, restored = 0, None, _restart_state() if in_tune else None
     known = None  # (loss, acc) of the start, when a saved score may stand for its evaluation
@@ -202,6 +232,8 @@ def run_phase(config: dict, model, train: list, val: list,
             if (config.get("reuse_start_score") and saved.get("val_key") == val_key
                     and _finite(saved.get("val_acc")) and _finite(saved.get("loss"))):
                 known = (float(saved["loss"]), float(saved["val_acc"]))
+                flags = saved.get("val_right")
+                right["known"] = list(flags) if isinstance(flags, list) and len(flags) == len(val) else None
         except ValueError:
             # An elite whose file is unreachable (e.g. log_dir not shared by a cluster's nodes) still starts
             # from its projected text, which is what the searcher put in prompt_init.
@@ -210,8 +242,9 @@ def run_phase(config: dict, model, train: list, val: list,
     else:
         prompt = model.init_vectors(config.get("prompt_init") or "")
     prompt = prompt.detach().clone().float().to(model.device)
+    timing = {"started_at": started, "setup_s": round(time.time() - started, 4)}
     if restored is None:
-        prompt, start, screened = _screen_start(config, cfg, model, prompt, known, evaluate, len(val))
+        prompt, start, screened = _screen_start(config, cfg, model, prompt, known, evaluate, len(val), right)
     prompt = torch.nn.Parameter(prompt)
     optimizer = _make_optimizer(cfg["optimizer"], [prompt, *model.extra_parameters()], float(cfg["lr"]),
                                 float(cfg["weight_decay"]))
@@ -224,19 +257,25 @@ def run_phase(config: dict, model, train: list, val: list,
     def base_metrics(val_acc: float, val_loss: float, text: str, step: int) -> dict:
         return {"val_acc": val_acc, "loss": val_loss, "prompt_text": text, "step": step,
                 "generation": config.get("generation", 0), "origin": config.get("origin", "seed"),
-                "evaluations": counted["evaluations"], "torch_threads": torch.get_num_threads()}
+                "evaluations": counted["evaluations"], "torch_threads": torch.get_num_threads(), **timing,
+                "elapsed_s": round(time.time() - started, 4)}
 
     def evaluate_and_report(step: int, train_loss: float, scored: tuple[float, float] | None = None,
                             **extra: Any) -> None:
         nonlocal best
-        val_loss, val_acc = scored if scored is not None else evaluate(prompt)
+        flags = start_right if scored is not None else None
+        if scored is None:
+            scored = evaluate(prompt)
+            flags = right["last"]
+        val_loss, val_acc = scored
         text = model.project(prompt.detach())
         improved = best is None or val_acc > best["val_acc"] or (val_acc == best["val_acc"] and val_loss < best["loss"])
         if improved:
             best = {"val_acc": val_acc, "loss": val_loss, "step": step, "prompt_text": text}
             if vectors_path:
                 save_vectors(vectors_path, prompt, model.extra_state(), identity, text=text, val_acc=val_acc,
-                             loss=val_loss, val_key=val_key, step=step, prompt_init=config.get("prompt_init"))
+                             loss=val_loss, val_key=val_key, step=step, prompt_init=config.get("prompt_init"),
+                             **({"val_right": flags} if flags is not None else {}))
         metrics = {**base_metrics(val_acc, val_loss, text, step), "train_loss": train_loss,
                    "best_val_acc": best["val_acc"], **extra}
         if vectors_path:
@@ -255,6 +294,7 @@ def run_phase(config: dict, model, train: list, val: list,
                 ckpt = tmp
             report(metrics, ckpt)
 
+    start_right = start.get("right") if restored is None else None
     if restored is None:
         # Candidates that lost the screening are evaluations too: one result each, before the phase's start.
         for i, (text, (loss, acc)) in enumerate(screened):
@@ -263,6 +303,8 @@ def run_phase(config: dict, model, train: list, val: list,
                             start=start["label"], start_text=start["text"])
     running = []
     for step in range(start_step + 1, steps + 1):
+        if "first_step_s" not in timing:
+            timing["first_step_s"] = round(time.time() - started, 4)
         batch = [train[rng.randrange(len(train))] for _ in range(min(batch_size, len(train)))]
         optimizer.zero_grad(set_to_none=True)
         loss = model.loss(prompt, batch)
@@ -279,17 +321,33 @@ def run_phase(config: dict, model, train: list, val: list,
 
 
 def _screen_start(config: dict, cfg: dict, model, prompt: torch.Tensor, known: tuple[float, float] | None,
-                  evaluate: Callable, n_val: int) -> tuple[torch.Tensor, dict, list]:
+                  evaluate: Callable, n_val: int, right: dict) -> tuple[torch.Tensor, dict, list]:
     """The phase's start: its own (``prompt``) or the best screened candidate that beats it on validation.
 
-    Returns the start vectors, a description of the start (its score, whether the score was reused, which
-    candidate) and the ``(text, (loss, acc))`` of the candidates that lost, in the order given."""
-    own = known if known is not None else evaluate(prompt)
-    need = cfg["screen_margin"] / max(1, n_val)
-    start = {"scored": own, "reused": known is not None, "label": "own", "text": config.get("prompt_init") or ""}
+    ``screen_test="gain"``: the best candidate (accuracy, then loss) wins if it is better than the start (by
+    more than ``screen_margin`` examples). ``"paired"``: a candidate wins only if it is right on enough more
+    examples than the start, among those where the two disagree, to pass a one-sided sign test at level
+    ``PAIRED_ALPHA / len(candidates)`` (normal approximation); the best passing one is taken. Two prompts
+    share most of their right answers, so the paired test sees a real gain where the gain in accuracy alone
+    is indistinguishable from the luck of the best of several draws.
+
+    Returns the start vectors, a description of the start (its score, its per-example results where known,
+    whether the score was reused, which candidate) and the ``(text, (loss, acc))`` of the candidates that
+    lost, in the order given."""
+    paired = cfg["screen_test"] == "paired"
     candidates = [c for c in (config.get("prompt_candidates") or []) if c.strip()]
+    if paired and candidates and getattr(model, "evaluate_each", None) is None:
+        raise ValueError("screen_test='paired' needs a model with evaluate_each(vectors, examples) -> (loss, acc, "
+                         f"right per example); {type(model).__name__} has none")
+    own, own_right = known, right.get("known")
+    if own is None or (paired and candidates and own_right is None):  # a saved score without its per-example results
+        own = evaluate(prompt)
+        own_right, known = right["last"], None
+    start = {"scored": own, "right": own_right, "reused": known is not None, "label": "own",
+             "text": config.get("prompt_init") or ""}
     if not candidates:
         return prompt, start, []
+    need = cfg["screen_margin"] / max(1, n_val)
     resumed = bool(config.get("resume_from"))
     scored = []
     for text in candidates:
@@ -297,15 +355,32 @@ def _screen_start(config: dict, cfg: dict, model, prompt: torch.Tensor, known: t
         if cfg["candidate_start"] == "mix" and resumed:
             alpha = cfg["mix_alpha"]
             vectors = (1.0 - alpha) * prompt + alpha * vectors
-        scored.append((text, vectors, evaluate(vectors)))
-    best_i = max(range(len(scored)), key=lambda i: (scored[i][2][1], -scored[i][2][0], -i))
-    loss, acc = scored[best_i][2]
-    wins = acc > own[1] + need + 1e-9 if need > 0 else acc > own[1] or (acc == own[1] and loss < own[0])
-    if wins:
-        text, vectors, score = scored[best_i]
-        losers = [(t, s) for i, (t, _, s) in enumerate(scored) if i != best_i]
-        return vectors, {"scored": score, "reused": False, "label": f"candidate {best_i}", "text": text}, losers
-    return prompt, start, [(t, s) for t, _, s in scored]
+        score = evaluate(vectors)
+        scored.append((text, vectors, score, right["last"]))
+    order = sorted(range(len(scored)), key=lambda i: (-scored[i][2][1], scored[i][2][0], i))
+    if paired:
+        z = statistics.NormalDist().inv_cdf(1.0 - PAIRED_ALPHA / len(scored))
+        winners = [i for i in order if scored[i][2][1] > own[1] + need + 1e-9
+                   and _sign_test(scored[i][3], own_right, z)]
+        best_i = winners[0] if winners else None
+    else:
+        best_i = order[0]
+        loss, acc = scored[best_i][2]
+        wins = acc > own[1] + need + 1e-9 if need > 0 else acc > own[1] or (acc == own[1] and loss < own[0])
+        best_i = best_i if wins else None
+    if best_i is not None:
+        text, vectors, score, flags = scored[best_i]
+        losers = [(t, s) for i, (t, _, s, _) in enumerate(scored) if i != best_i]
+        return vectors, {"scored": score, "right": flags, "reused": False, "label": f"candidate {best_i}",
+                         "text": text}, losers
+    return prompt, start, [(t, s) for t, _, s, _ in scored]
+
+
+def _sign_test(candidate: list[bool], start: list[bool], z: float) -> bool:
+    """Whether ``candidate`` is right on significantly more of the examples where the two disagree."""
+    gains = sum(c and not s for c, s in zip(candidate, start, strict=True))
+    losses = sum(s and not c for c, s in zip(candidate, start, strict=True))
+    return gains > losses and (gains - losses) >= z * math.sqrt(gains + losses)
 
 
 def _finite(value: Any) -> bool:

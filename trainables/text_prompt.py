@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import time
 from contextlib import nullcontext
 
 import torch
@@ -187,14 +188,21 @@ class SoftPromptClassifier(torch.nn.Module):
 
     @torch.no_grad()
     def evaluate(self, vectors: torch.Tensor, examples: list[Example], batch_size: int = 32) -> tuple[float, float]:
-        total_loss, correct = 0.0, 0
-        for i in range(0, len(examples), batch_size):
-            batch = examples[i : i + batch_size]
-            logits = self.logits(vectors, batch).float()
-            labels = torch.as_tensor([e.label for e in batch], device=self.device)
-            total_loss += float(F.cross_entropy(logits, labels, reduction="sum"))
-            correct += int((logits.argmax(-1) == labels).sum())
-        return total_loss / len(examples), correct / len(examples)
+        loss, acc, _ = self.evaluate_each(vectors, examples, batch_size)
+        return loss, acc
+
+    def evaluate_each(self, vectors: torch.Tensor, examples: list[Example],
+                      batch_size: int = 32) -> tuple[float, float, list[bool]]:
+        """Mean loss, accuracy and, per example, whether it was classified right (for paired comparisons)."""
+        total_loss, right = 0.0, []
+        with torch.no_grad():  # a trained head would otherwise build a graph that nothing differentiates
+            for i in range(0, len(examples), batch_size):
+                batch = examples[i : i + batch_size]
+                logits = self.logits(vectors, batch).float()
+                labels = torch.as_tensor([e.label for e in batch], device=self.device)
+                total_loss += float(F.cross_entropy(logits, labels, reduction="sum"))
+                right += [bool(x) for x in (logits.argmax(-1) == labels).tolist()]
+        return total_loss / len(examples), sum(right) / len(examples), right
 
     # -- model ---------------------------------------------------------------------------------------------
 
@@ -272,10 +280,11 @@ def build_classifier(config: dict, data: TextDataset | None = None) -> SoftPromp
 
 def train_text_prompt(config: dict) -> None:
     """Tune function trainable: one gradient phase of soft-prompt tuning (see the module docstring)."""
+    started = time.time()
     check_config(config)  # a typo in the phase keys fails before the model loads
     data = dataset_for(config)
     model = build_classifier(config, data)
-    run_phase(config, model, data.train, data.val)
+    run_phase(config, model, data.train, data.val, started=started)
 
 
 def evaluate_prompt(config: dict, text: str | None = None, vectors_path: str | None = None,

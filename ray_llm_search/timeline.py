@@ -1,0 +1,98 @@
+"""Where the workers' time goes: phases, the setup inside them, and the gaps between them.
+
+Built from what the phases of ``trainables.phase`` report (``started_at``, ``setup_s``, ``first_step_s``,
+``elapsed_s``) and Tune's ``pid`` of the worker process, so it needs nothing but the trials' last results::
+
+    from ray_llm_search.timeline import worker_timeline
+    summary = worker_timeline([t.last_result for t in analysis.trials], wall_s=tune_wall, workers=2)
+
+No torch, no Ray: plain numbers in, plain numbers out.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import defaultdict
+
+
+def worker_timeline(results: list[dict], wall_s: float, workers: int, phase_compute_s: float | None = None) -> dict:
+    """Summary of a run's worker time from each trial's last result.
+
+    Args:
+        results: one result per trial (its last), with ``pid``, ``started_at``, ``elapsed_s`` and ``setup_s``
+            (results without them, e.g. from another trainable, are left out and counted in ``untimed``).
+        wall_s: the run's wall time (Tune's ``tune.run`` or ``Tuner.fit``).
+        workers: trials that could run at once (the CPUs given to trials / CPUs per trial).
+        phase_compute_s: the same phase timed in one process, without Tune, if measured; gives ``ideal_s``
+            (``phase_compute_s * trials / workers``) and ``wall_over_ideal``.
+
+    Returns a dict: ``trials``, ``untimed``, ``processes`` (distinct worker processes), ``phase_s`` (sum of
+    the phases' own spans), ``utilisation`` (``phase_s / (wall_s * workers)``), ``setup_fresh_s`` and
+    ``setup_warm_s`` (median setup of a process's first phase and of its later ones), ``first_step_warm_s``
+    (median and max of warm phases' ``first_step_s``), ``gap_s`` (median, max and total idle time between
+    one phase's end and the next phase's start in the same process) and, given ``phase_compute_s``,
+    ``ideal_s`` and ``wall_over_ideal``.
+    """
+    timed = [r for r in results if _number(r.get("started_at")) and _number(r.get("elapsed_s"))
+             and r.get("pid") is not None]
+    by_pid: dict = defaultdict(list)
+    for r in timed:
+        by_pid[r["pid"]].append(r)
+    fresh, warm, first_warm, gaps = [], [], [], []
+    for rows in by_pid.values():
+        rows.sort(key=lambda r: r["started_at"])
+        for i, r in enumerate(rows):
+            setup = r.get("setup_s")
+            if _number(setup):
+                (fresh if i == 0 else warm).append(float(setup))
+            if i and _number(r.get("first_step_s")):
+                first_warm.append(float(r["first_step_s"]))
+            if i:
+                prev = rows[i - 1]
+                gaps.append(max(0.0, r["started_at"] - (prev["started_at"] + prev["elapsed_s"])))
+    phase_s = sum(float(r["elapsed_s"]) for r in timed)
+    out = {
+        "trials": len(timed),
+        "untimed": len(results) - len(timed),
+        "processes": len(by_pid),
+        "phase_s": round(phase_s, 2),
+        "utilisation": round(phase_s / max(wall_s * max(workers, 1), 1e-9), 3),
+        "setup_fresh_s": _median(fresh),
+        "setup_warm_s": _median(warm),
+        "first_step_warm_s": {"median": _median(first_warm), "max": round(max(first_warm), 3) if first_warm else None},
+        "gap_s": {"median": _median(gaps), "max": round(max(gaps), 3) if gaps else None, "total": round(sum(gaps), 2)},
+    }
+    if phase_compute_s is not None and phase_compute_s > 0 and timed:
+        ideal = phase_compute_s * len(timed) / max(workers, 1)
+        out["ideal_s"] = round(ideal, 2)
+        out["wall_over_ideal"] = round(wall_s / ideal, 3)
+    return out
+
+
+def describe(summary: dict, wall_s: float, workers: int) -> str:
+    """The summary as two lines for a log or a terminal."""
+    first = summary["first_step_warm_s"]
+    gap = summary["gap_s"]
+    line = (f"utilisation: workers inside phases {100 * summary['utilisation']:.0f}% of the wall ({summary['phase_s']:.0f}s "
+            f"of phases on {workers} workers in {wall_s:.0f}s); {summary['processes']} worker processes for "
+            f"{summary['trials']} phases")
+    if "ideal_s" in summary:
+        line += f"; wall / ideal {summary['wall_over_ideal']:.2f} (ideal {summary['ideal_s']:.0f}s from the phase timed in-process)"
+    detail = (f"setup inside a phase: {_fmt(summary['setup_fresh_s'])} in a new process, {_fmt(summary['setup_warm_s'])} "
+              f"on a warm one; a warm phase's first step after {_fmt(first['median'])} (max {_fmt(first['max'])}); "
+              f"gaps between phases in a process: median {_fmt(gap['median'])}, max {_fmt(gap['max'])}, "
+              f"total {_fmt(gap['total'])}")
+    return line + "\n" + detail
+
+
+def _fmt(value) -> str:
+    return "-" if value is None else f"{value:.2f}s"
+
+
+def _median(values: list[float]) -> float | None:
+    return round(statistics.median(values), 3) if values else None
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -1,0 +1,71 @@
+"""ray_llm_search.timeline: where the workers' time goes, from the phases' own timing keys; and those keys
+as the real text trainable reports them under real Tune with reused actors."""
+
+from __future__ import annotations
+
+import pytest
+
+from ray_llm_search.timeline import describe, worker_timeline
+
+
+def row(pid, start, elapsed, setup, first_step=None):
+    return {"pid": pid, "started_at": start, "elapsed_s": elapsed, "setup_s": setup,
+            **({"first_step_s": first_step} if first_step is not None else {})}
+
+
+def test_phases_setup_and_gaps_per_worker_process():
+    results = [row(1, 100.0, 10.0, 4.0, 5.0), row(1, 111.0, 6.0, 0.1, 1.1), row(1, 120.0, 6.0, 0.3, 1.3),
+               row(2, 101.0, 12.0, 5.0, 6.0), {"pid": 3, "val_acc": 0.5}]  # a trial of another trainable
+    s = worker_timeline(results, wall_s=30.0, workers=2, phase_compute_s=5.0)
+    assert s["trials"] == 4 and s["untimed"] == 1 and s["processes"] == 2
+    assert s["phase_s"] == 34.0 and s["utilisation"] == round(34.0 / 60.0, 3)
+    assert s["setup_fresh_s"] == 4.5 and s["setup_warm_s"] == 0.2  # medians of (4, 5) and (0.1, 0.3)
+    assert s["first_step_warm_s"] == {"median": 1.2, "max": 1.3}
+    assert s["gap_s"] == {"median": 2.0, "max": 3.0, "total": 4.0}  # 110 -> 111 and 117 -> 120 on pid 1
+    assert s["ideal_s"] == 10.0 and s["wall_over_ideal"] == 3.0
+    text = describe(s, 30.0, 2)
+    assert "57% of the wall" in text and "wall / ideal 3.00" in text and "2 worker processes for 4 phases" in text
+
+
+def test_no_timed_results_is_a_summary_not_an_error():
+    s = worker_timeline([{"val_acc": 1.0}, {"pid": 1, "started_at": float("nan"), "elapsed_s": 1.0}], 10.0, 2)
+    assert s["trials"] == 0 and s["untimed"] == 2 and s["utilisation"] == 0.0 and "ideal_s" not in s
+    assert "-" in describe(s, 10.0, 2)
+
+
+@pytest.mark.slow
+def test_real_phases_under_tune_report_their_timing_and_warm_workers_skip_the_setup(tmp_path):
+    ray = pytest.importorskip("ray")
+    from ray import tune
+
+    from ray_llm_search import LLMSearch
+    from trainables.data import bbc_news_spec
+    from trainables.text_prompt import train_text_prompt
+
+    class NoLLM:  # one generation: the mentor is never asked
+        style = "completion"
+        usage: dict = {}
+        faults: dict = {}
+
+        def propose(self, meta_prompt, n):
+            raise AssertionError("not asked")
+
+    seeds = ["the topic of this news article is", "news category:", "this text is about", "classify the article"]
+    search = LLMSearch(NoLLM(), "Classify BBC news by topic.", seeds, metric="val_acc", mode="max", population=4,
+                       generations=1, log_dir=str(tmp_path / "log"))
+    config = {"data": bbc_news_spec(shots=2, val_shots=2, test_size=10, seed=0), "steps": 2, "eval_every": 1,
+              "batch_size": 4, "max_length": 32, "prompt_length": 4}
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    try:
+        analysis = tune.run(train_text_prompt, config=config, search_alg=search, num_samples=4,
+                            resources_per_trial={"cpu": 1}, storage_path=str(tmp_path), name="t", verbose=0,
+                            reuse_actors=True)
+    finally:
+        ray.shutdown()
+    results = [t.last_result for t in analysis.trials]
+    assert all(r["elapsed_s"] >= r["first_step_s"] >= r["setup_s"] >= 0 for r in results)
+    s = worker_timeline(results, wall_s=60.0, workers=2)
+    assert s["trials"] == 4 and s["untimed"] == 0
+    assert s["processes"] == 2  # 4 phases, 2 reused actors: the backbone loaded twice, not four times
+    # a new process imports torch and loads MiniLM inside its first phase; a warm one finds them cached
+    assert s["setup_warm_s"] < 0.5 < s["setup_fresh_s"]
