@@ -21,6 +21,8 @@ The arms, on the same data splits (fixed by the run seed), ``G`` generations of 
 | ``perturb+gradient`` | restarts without an LLM: ``llm+gradient`` with random word edits of the best texts instead of the LLM's | ``G*P*K`` | ``G*P*E`` | 0 |
 | ``screened`` / ``screened-perturb`` | every chain continues; generation 0 scores the seeds as text, then each chain screens ``G-1`` LLM (perturbed) texts and starts from one only if it beats the chain | ``G*P*K`` | ``G*P*E`` | 1 / 0 |
 | ``late-mix`` / ``late-mix-perturb`` | every chain continues; after one generation of descent each chain screens ``G-1`` warm restarts ``(chain + candidate) / 2`` | ``G*P*K`` | ``G*P*E`` | 1 / 0 |
+| ``late-text`` | as ``late-mix``, the candidates starting from their text (the plain restart the warm one is measured against) | ``G*P*K`` | ``G*P*E`` | 1 |
+| ``screened-paired`` / ``screened-perturb-paired`` | as ``screened``, a candidate adopted only if it passes the paired sign test (``screen_test="paired"``) | ``G*P*K`` | ``G*P*E`` | 1 / 0 |
 | ``authors`` / ``authors-perturb`` | the MaaO authors' regime: one chain, 3 short phases each followed by an LLM round whose candidates are screened against the chain, then one long descent (``authors_schedule``) | ``G*P*K`` | ``G*P*E`` | 3 / 0 |
 
 ``K`` = ``--steps`` per phase, ``E = K / eval_every + 1`` evaluations per phase (a phase also evaluates its
@@ -56,11 +58,12 @@ from ray.tune import Callback  # noqa: E402
 from ray.tune.search import Searcher  # noqa: E402
 
 ARMS = ("gradient", "llm", "llm+gradient", "perturb+gradient", "screened", "screened-perturb", "screened-paired",
-        "screened-perturb-paired", "late-mix", "late-mix-perturb", "authors", "authors-perturb")
+        "screened-perturb-paired", "late-mix", "late-mix-perturb", "late-text", "authors", "authors-perturb")
 ARM_LABELS = {"gradient": "gradient only", "llm": "LLM only (OPRO-style)", "llm+gradient": "LLM + gradient (LLMSearch)",
               "screened": "chains + screened LLM starts", "screened-perturb": "chains + screened perturbed starts (no LLM)",
               "late-mix": "chains + late warm LLM restarts",
               "late-mix-perturb": "chains + late warm perturbed restarts (no LLM)",
+              "late-text": "chains + late LLM restarts from text",
               "perturb+gradient": "restarts without an LLM (LLMSearch, perturbed texts)",
               "screened-paired": "chains + LLM starts screened by a paired test",
               "screened-perturb-paired": "chains + perturbed starts screened by a paired test (no LLM)",
@@ -75,11 +78,13 @@ SCREENED_ARMS = {"screened": ("llm", "early", None, "gain"), "screened-perturb":
                  "screened-paired": ("llm", "early", None, "paired"),
                  "screened-perturb-paired": ("perturb", "early", None, "paired"),
                  "late-mix": ("llm", "late", "mix", "gain"), "late-mix-perturb": ("perturb", "late", "mix", "gain"),
+                 "late-text": ("llm", "late", "text", "gain"),
                  "authors": ("llm", "authors", "text", "gain"), "authors-perturb": ("perturb", "authors", "text", "gain")}
 # What the LLM adds: each LLM arm minus its no-LLM control (the same allocation, perturbed texts).
 CONTROLS = (("llm+gradient", "perturb+gradient"), ("screened", "screened-perturb"),
             ("screened-paired", "screened-perturb-paired"), ("late-mix", "late-mix-perturb"), ("authors", "authors-perturb"))
-DEFAULT_ARMS = ("gradient", "llm", "llm+gradient")
+# gradient only, restarts without an LLM (the same allocation as LLMSearch), LLM only, LLMSearch's defaults
+DEFAULT_ARMS = ("gradient", "perturb+gradient", "llm", "llm+gradient")
 
 TASKS: dict[str, tuple[str, list[str]]] = {
     "sst2": ("Classify the sentiment of a movie review as positive or negative. The prompt is placed before "
@@ -787,7 +792,7 @@ def write_plots(results: dict, out: str) -> list[str]:
     colors = {"gradient": "tab:blue", "llm": "tab:orange", "llm+gradient": "tab:green", "screened": "tab:red",
               "screened-perturb": "tab:purple", "late-mix": "tab:brown", "late-mix-perturb": "tab:gray",
               "perturb+gradient": "tab:olive", "authors": "tab:cyan", "authors-perturb": "tab:pink",
-              "screened-paired": "darkred", "screened-perturb-paired": "indigo"}
+              "screened-paired": "darkred", "screened-perturb-paired": "indigo", "late-text": "goldenrod"}
     for dataset in sorted({r["dataset"] for r in results["runs"]}):
         runs = [r for r in results["runs"] if r["dataset"] == dataset]
         fig, axes = plt.subplots(1, 2, figsize=(11, 4))

@@ -26,7 +26,7 @@ from typing import Any
 
 from ray.tune.search import Searcher
 
-from ray_llm_search import space
+from ray_llm_search import space, tables
 from ray_llm_search.llm.base import LLM, LLMError
 from ray_llm_search.mentor import Mentor, Parsed
 from ray_llm_search.pool import Evaluation, PromptPool, Trajectory, normalize, perturb, vocabulary_of
@@ -797,6 +797,8 @@ class LLMSearch(Searcher):
         self._records.append(record)
         try:
             self._logger().write_generation(record, self._metric)
+            tables.write_csv(os.path.join(self.log_dir, tables.EVALUATIONS_FILE), self.evaluation_rows())
+            tables.write_csv(os.path.join(self.log_dir, tables.GENERATIONS_FILE), self.records)
         except OSError:
             logger.exception("could not write the generation summary to %s", self.log_dir)
 
@@ -847,6 +849,18 @@ class LLMSearch(Searcher):
     @property
     def trajectories(self) -> list[Trajectory]:
         return list(self._pool.trajectories.values())
+
+    def evaluation_rows(self) -> list[dict]:
+        """Every evaluation the trials reported, one dict each (also ``<log_dir>/evaluations.csv``): trial,
+        generation, origin, status, start text, lineage, adopted candidate, step, projected text, the metric
+        (under its own name), loss and the trial's sampled hyperparameters."""
+        return tables.evaluation_rows(self._pool.trajectories.values(), self._metric, self._search_id)
+
+    def dataframe(self, kind: str = "evaluations"):
+        """``evaluation_rows()`` (``kind="evaluations"``) or ``records`` (``"generations"``) as a pandas DataFrame."""
+        if kind not in ("evaluations", "generations"):
+            raise ValueError(f"kind must be 'evaluations' or 'generations', got {kind!r}")
+        return tables.dataframe(self.evaluation_rows() if kind == "evaluations" else self.records)
 
     @property
     def llm_seconds(self) -> float:

@@ -315,7 +315,8 @@ def test_tiny_run_spends_equal_budgets_shares_seeds_and_writes_table_and_plot(tm
         else:
             assert len(run["evaluations"]) == b["evaluations"] and reused == screened == 0
         want_calls = {"gradient": 0, "screened-perturb": 0, "screened": 1, "late-mix": 1, "late-mix-perturb": 0,
-                      "perturb+gradient": 0, "screened-paired": 1, "screened-perturb-paired": 0}.get(arm, b["llm_calls"])
+                      "perturb+gradient": 0, "screened-paired": 1, "screened-perturb-paired": 0,
+                      "late-text": 1}.get(arm, b["llm_calls"])
         assert run["llm_calls"] == want_calls
     # same splits, and generation 0 of the two gradient arms is the same set of phases with the same results
     assert runs["gradient"]["split_sizes"] == runs["llm"]["split_sizes"] == runs["llm+gradient"]["split_sizes"]

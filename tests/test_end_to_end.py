@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import pickle
@@ -66,6 +67,10 @@ def _check_run(search: LLMSearch, llm: LocalLLM, calls_before: int, generations:
         assert json.load(f)["trial_id"] == best["trial_id"]
     with open(os.path.join(search.log_dir, "generations.jsonl")) as f:
         assert len(f.read().splitlines()) == generations
+    with open(os.path.join(search.log_dir, "evaluations.csv"), newline="") as f:  # results as data, for notebooks
+        rows = list(csv.DictReader(f))
+    assert len(rows) == sum(len(t.evaluations) for t in search.trajectories)
+    assert {r["trial_id"] for r in rows} == {t.trial_id for t in search.trajectories}
 
 
 def test_tune_run_with_real_models(ray_session, llm, tmp_path):

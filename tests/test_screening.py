@@ -7,6 +7,7 @@ embeds exactly; gradient steps move the vectors toward the target. So "good good
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -363,3 +364,32 @@ def test_the_paired_test_needs_per_example_results():
         phase({"prompt_init": "junk", "screen_test": "t-test"})
     with pytest.raises(ValueError, match="screen_test must be 'gain' or 'paired'"):
         LLMSearch(Scripted([]), "Classify.", ["a"], population=2, screen_test="bonferroni")
+
+
+# -- results as tables ------------------------------------------------------------------------------------------
+
+def test_every_evaluation_and_generation_as_rows_csv_and_dataframe(tmp_path):
+    import csv
+
+    search = chains(tmp_path, Scripted(["good good", "junk"]))
+    drive(search)
+    rows = search.evaluation_rows()
+    assert len(rows) == sum(len(t.evaluations) for t in search.trajectories)
+    assert {r["generation"] for r in rows} == {0, 1, 2}
+    assert all(set(r) >= {"trial_id", "origin", "step", "prompt_text", "val_acc", "loss", "lineage"} for r in rows)
+    with open(tmp_path / "evaluations.csv", newline="") as f:
+        written = list(csv.DictReader(f))
+    assert len(written) == len(rows)
+    assert [(w["trial_id"], int(w["step"]), float(w["val_acc"])) for w in written] == [
+        (r["trial_id"], r["step"], r["val_acc"]) for r in rows]
+    with open(tmp_path / "generations.csv", newline="") as f:
+        generations = list(csv.DictReader(f))
+    assert [int(g["generation"]) for g in generations] == [0, 1, 2]
+    assert json.loads(generations[1]["starts"]) == search.records[1]["starts"]
+    pd = pytest.importorskip("pandas")
+    df = search.dataframe()
+    assert isinstance(df, pd.DataFrame) and len(df) == len(rows)
+    assert df.groupby("generation").val_acc.max().tolist() == [r["best_metric"] for r in search.records]
+    assert len(search.dataframe("generations")) == 3
+    with pytest.raises(ValueError, match="kind must be"):
+        search.dataframe("trials")
