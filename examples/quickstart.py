@@ -49,6 +49,11 @@ def parse_args(argv=None):
     p.add_argument("--storage", default=os.path.expanduser("~/ray_results"))
     p.add_argument("--name", default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dry-run", action="store_true",
+                   help="print round 1's meta-prompt and the most LLM calls and tokens this search can spend; no run")
+    p.add_argument("--max-llm-calls", type=int, default=None, help="LLM budget: rounds past it fill from the pool")
+    p.add_argument("--answer-cache", default=None,
+                   help="file of cached LLM answers: a rerun of the same search replays them at no cost")
     return p.parse_args(argv)
 
 
@@ -58,7 +63,7 @@ def main(argv=None) -> dict:
     import ray
     from ray import tune
 
-    from ray_llm_search import LLMSearch, make_llm
+    from ray_llm_search import CachedLLM, LLMSearch, make_llm
     from ray_llm_search.timeline import describe, worker_timeline
     from trainables.data import bbc_news_spec
     from trainables.text_prompt import evaluate_prompt, train_text_prompt
@@ -77,13 +82,25 @@ def main(argv=None) -> dict:
         "max_length": args.max_length,
     }
     t = time.time()
-    llm = make_llm(args.llm, args.model, base_url=args.base_url, api_key_env=args.api_key_env, seed=args.seed)
-    if args.llm == "local":  # the first run also de-quantises the GGUF once (about 40 s), cached after
+    llm = make_llm(args.llm, args.model, base_url=args.base_url, api_key_env=args.api_key_env, seed=args.seed,
+                   load=not args.dry_run)
+    if args.llm == "local" and not args.dry_run:  # the first run de-quantises the GGUF once (about 40 s)
         print(f"mentor LLM loaded in {time.time() - t:.1f}s")
+    if args.answer_cache:
+        llm = CachedLLM(llm, args.answer_cache)
     search = LLMSearch(
         llm, TASK, SEEDS, metric="val_acc", mode="max", population=args.population, generations=args.generations,
         elites=args.elites, max_prompt_words=12, seed=args.seed, log_dir=experiment,
+        llm_budget={"calls": args.max_llm_calls} if args.max_llm_calls is not None else None,
     )
+    if args.dry_run:
+        plan = search.dry_run()
+        print("=== round 1's meta-prompt (generation 0's scores are placeholders) ===")
+        print(plan["meta_prompt"])
+        print(f"=== at most {plan['max_calls']} LLM calls in {plan['rounds']} rounds, at most "
+              f"{plan['max_tokens']} tokens ({plan['max_prompt_tokens_per_call']} prompt + "
+              f"{plan['max_completion_tokens_per_call']} completion per call) ===")
+        return plan
     if os.environ.get("RAY_ADDRESS"):  # submitted as a Ray job, or pointed at a running cluster
         ray.init(log_to_driver=False, ignore_reinit_error=True)
     else:

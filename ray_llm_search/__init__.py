@@ -3,12 +3,13 @@
 The searcher never imports torch or a model; the trainables (package ``trainables``) do the gradient work.
 """
 
-from ray_llm_search.llm import LLM, LLMError, LocalLLM, OpenAIChat, make_llm
+from ray_llm_search.llm import LLM, CachedLLM, LLMError, LocalLLM, OpenAIChat, make_llm
 from ray_llm_search.mentor import Mentor
 from ray_llm_search.pool import Evaluation, PromptPool, Trajectory
 from ray_llm_search.searcher import LLMSearch
 
 __all__ = [
+    "CachedLLM",
     "LLM",
     "LLMError",
     "LLMSearch",

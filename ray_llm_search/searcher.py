@@ -27,6 +27,7 @@ from typing import Any
 from ray.tune.search import Searcher
 
 from ray_llm_search import space, tables
+from ray_llm_search.budget import LLMBudget
 from ray_llm_search.llm.base import LLM, LLMError
 from ray_llm_search.mentor import Mentor, Parsed
 from ray_llm_search.pool import Evaluation, PromptPool, Trajectory, normalize, perturb, vocabulary_of
@@ -120,6 +121,7 @@ class LLMSearch(Searcher):
         reuse_start_score: bool = False,
         screen_margin: float = 0,
         screen_test: str = "gain",
+        llm_budget: dict | LLMBudget | None = None,
     ) -> None:
         if mode is not None and mode not in ("max", "min"):
             raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
@@ -155,6 +157,7 @@ class LLMSearch(Searcher):
             raise ValueError(f"mix_alpha must be a number in (0, 1], got {mix_alpha!r}")
         if isinstance(screen_margin, bool) or not isinstance(screen_margin, (int, float)) or not screen_margin >= 0:
             raise ValueError(f"screen_margin must be a number of validation examples >= 0, got {screen_margin!r}")
+        llm_budget = LLMBudget.parse(llm_budget)
         if screen_test not in ("gain", "paired"):
             raise ValueError(f"screen_test must be 'gain' or 'paired', got {screen_test!r}")
         if not isinstance(top_k, int) or top_k < 1:
@@ -193,6 +196,7 @@ class LLMSearch(Searcher):
         self.reuse_start_score = bool(reuse_start_score)
         self.screen_margin = screen_margin
         self.screen_test = screen_test
+        self.llm_budget = llm_budget
         self.max_prompt_words = max_prompt_words
         self.seed = seed
         stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d_%H-%M-%S")
@@ -226,6 +230,7 @@ class LLMSearch(Searcher):
         self._space_rng = random.Random(f"{self.seed}:space")  # apart from _rng: phase seeds do not depend on it
         self._cpu_s = 0.0
         self._events = 0
+        self._budget_warned = False
         # Names this search in generations.jsonl and the LLM journal, so that a restored search recognises its
         # own records in a log_dir that other searches may share.
         self._search_id = uuid.uuid4().hex[:16]
@@ -321,7 +326,8 @@ class LLMSearch(Searcher):
         # Defaults for what an LLMSearch pickled by an older version (a tuner.pkl) lacks.
         self.__dict__.update({"llm_reasks": 0, "_restored": False, "_replay_from": None,
                               "_search_id": uuid.uuid4().hex[:16], "schedule": None, "screen": 0, "proposals": "llm",
-                              "candidate_start": "text", "mix_alpha": 0.5, "reuse_start_score": False, "screen_margin": 0, "screen_test": "gain",
+                              "candidate_start": "text", "mix_alpha": 0.5, "reuse_start_score": False, "screen_margin": 0, "screen_test": "gain", "llm_budget": None,
+                              "_budget_warned": False,
                               "_held": [], "_screened": {}, "_suspicious": {}, "_domains": [],
                               "_space_rng": random.Random()})
         self.__dict__.update(state)
@@ -602,6 +608,15 @@ class LLMSearch(Searcher):
                 self._future.set_result(list(entry.get("replies") or []))
             info["replayed"] = info.get("replayed", 0) + 1
             return
+        reached = self.llm_budget.reached(getattr(self.llm, "usage", None)) if self.llm_budget else None
+        if reached is not None:  # no call: the round fails at once and is filled from the pool
+            if not self._budget_warned:
+                logger.warning("LLM budget reached (%s): generation %d and later fill from the pool", reached,
+                               generation)
+                self._budget_warned = True
+            self._future = concurrent.futures.Future()
+            self._future.set_exception(LLMError("budget", f"LLM budget reached: {reached}"))
+            return
         if self._executor is None:
             self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="llm-search")
         self._future = self._executor.submit(self._call_llm, generation, attempt, info["meta_prompt"],
@@ -689,7 +704,7 @@ class LLMSearch(Searcher):
         self._queue.extend(held + specs)
         faults = {k: v for k, v in faults.items() if v > 0}
         info.update(
-            status="done" if error is None else "failed",
+            status="done" if error is None else "budget" if error == "budget" else "failed",
             error=error,
             seconds=round(elapsed, 3),
             asks=info.pop("attempt", 0) + 1,
@@ -792,6 +807,10 @@ class LLMSearch(Searcher):
                                               "candidates", "filled", "screened", "screen_filled", "rejected", "faults")
                     if k in info} or None,
         }
+        if self.llm_budget is not None:
+            record["llm_budget"] = {"limits": self.llm_budget.limits(),
+                                    "spent": self.llm_budget.spent(getattr(self.llm, "usage", None)),
+                                    "reached": info.get("status") == "budget"}
         if stopped:
             record["stopped"] = stopped
         self._records.append(record)
@@ -849,6 +868,62 @@ class LLMSearch(Searcher):
     @property
     def trajectories(self) -> list[Trajectory]:
         return list(self._pool.trajectories.values())
+
+    def dry_run(self) -> dict:
+        """What this search would ask of its LLM, without asking: the meta-prompt of round 1 (generation 0's
+        scores are not known before it runs, so the seed prompts are shown with placeholder scores of 0), the
+        rounds, and upper bounds on calls and tokens (every round asking ``1 + llm_reasks`` times, each ask
+        retried as often as the LLM retries, every meta-prompt as long as ``top_k`` trajectories of prompts at
+        the mentor's length cap can make it, every reply at the LLM's token cap). Tokens are bounded by the
+        meta-prompt's UTF-8 bytes plus 64 for a chat template: no tokenizer gives more than one token per byte
+        of text. ``None`` where the LLM has no token cap (``max_tokens`` / ``max_new_tokens``)."""
+        rounds = []
+        for g in range(1, self.generations):
+            slots = self._plan(g)["screen"] * self.elites
+            new_starts = self.population - self.elites
+            if new_starts + slots > 0:
+                rounds.append(self.candidates_per_round or new_starts + 2 * slots)
+        if self.proposals == "perturb":
+            rounds = []
+        seeds = [Trajectory(f"seed{i}", 0, "seed", text, evaluations=[Evaluation(0, text, 0.0, 0.0)])
+                 for i, text in enumerate(self.seed_prompts)]
+        style = self.meta_prompt_style
+        example = self.mentor.build(seeds[: self.top_k], rounds[0] if rounds else 1, style)
+        def long(i: int, s: int) -> str:  # distinct texts (the mentor shows a text once), clipped at 160
+            return f"{i:03d} {s:03d} " + "w" * 152
+
+        k = self.mentor.points_per_trajectory
+        widest = [Trajectory(f"w{i}", 0, "seed", long(i, k),
+                             evaluations=[Evaluation(s, long(i, s), -1e9, -1e9) for s in range(k)])
+                  for i in range(self.top_k)]
+        calls_per_ask = 1 + int(getattr(self.llm, "retries", 0) or 0)
+        asks = len(rounds) * (1 + self.llm_reasks)
+        prompt_bound = max((len(self.mentor.build(widest, n, style).encode("utf-8")) + 64 for n in rounds), default=0)
+        completion = [self._completion_cap(n) for n in rounds]
+        max_calls = asks * calls_per_ask
+        out = {"rounds": len(rounds), "candidates_per_round": rounds, "max_calls": max_calls,
+               "max_prompt_tokens_per_call": prompt_bound,
+               "max_completion_tokens_per_call": max(completion, default=0) if None not in completion else None,
+               "meta_prompt": example}
+        out["max_tokens"] = (None if out["max_completion_tokens_per_call"] is None
+                             else max_calls * (prompt_bound + out["max_completion_tokens_per_call"]))
+        budget = self.llm_budget
+        if budget is not None and budget.prompt_price is not None and out["max_tokens"] is not None:
+            out["max_cost"] = round(max_calls * (prompt_bound * budget.prompt_price + out[
+                "max_completion_tokens_per_call"] * budget.completion_price) / 1000.0, 6)
+        if budget is not None:
+            out["llm_budget"] = budget.limits()
+        return out
+
+    def _completion_cap(self, n: int) -> int | None:
+        if getattr(self.llm, "max_tokens", None):  # one reply (chat endpoints)
+            return int(self.llm.max_tokens)
+        per = getattr(self.llm, "max_new_tokens", None)
+        if not per:
+            return None
+        if self.meta_prompt_style == "completion":  # one sampled continuation per candidate
+            return int(per) * n
+        return max(int(per), 16 * n)
 
     def evaluation_rows(self) -> list[dict]:
         """Every evaluation the trials reported, one dict each (also ``<log_dir>/evaluations.csv``): trial,

@@ -73,6 +73,11 @@ class GenerationLog:
             if llm.get("seconds") is not None:
                 tb.add_scalar("llm_search/llm_seconds", llm["seconds"], g)
             tb.add_scalar("llm_search/errored_trials", record.get("errored") or 0, g)
+            budget = record.get("llm_budget")
+            if budget:
+                tb.add_scalar("llm_search/llm_budget_reached", float(bool(budget.get("reached"))), g)
+                for key, value in (budget.get("spent") or {}).items():
+                    tb.add_scalar(f"llm_search/llm_spent/{key}", value, g)
             tb.add_text("llm_search/best_prompt", _md(record.get("best_prompt") or ""), g)
             if llm.get("meta_prompt"):
                 tb.add_text("llm_search/meta_prompt", _md(llm["meta_prompt"]), g)

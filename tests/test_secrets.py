@@ -23,7 +23,7 @@ from ray import tune  # noqa: E402
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "scripts"))
 import rls_helpers as helpers  # noqa: E402
 
-from ray_llm_search import LLMSearch, OpenAIChat  # noqa: E402
+from ray_llm_search import CachedLLM, LLMSearch, OpenAIChat  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -109,7 +109,8 @@ def test_no_file_the_run_wrote_holds_the_api_key(ray_with_key, tmp_path):
     reply = helpers.completion("1. a fresh prompt about the topic\n2. another new prompt for news")
     server = helpers.FakeOpenAI([helpers.Reply(body=reply), helpers.Reply(body=reply)])
     try:
-        llm = OpenAIChat("test-model", base_url=server.base_url, api_key_env=KEY_ENV, retries=0, timeout_s=10)
+        chat = OpenAIChat("test-model", base_url=server.base_url, api_key_env=KEY_ENV, retries=0, timeout_s=10)
+        llm = CachedLLM(chat, str(tmp_path / "cache" / "answers.jsonl"))  # the answer cache is scanned too
         log_dir = tmp_path / "log"
         search = LLMSearch(llm, "Classify news by topic.", ["the topic is", "news about"], metric="val_acc",
                            mode="max", population=2, generations=2, elites=1, log_dir=str(log_dir))
@@ -126,7 +127,7 @@ def test_no_file_the_run_wrote_holds_the_api_key(ray_with_key, tmp_path):
     # The key was really used: the server got it, and an LLM candidate started a phase.
     assert [r["authorization"] for r in server.requests] == [f"Bearer {SENTINEL}"]
     assert search.records[1]["origins"] == {"elite": 1, "llm": 1}
-    assert llm._client is not None  # a live client holding the key existed in the driver
+    assert chat._client is not None  # a live client holding the key existed in the driver
     search.save(str(tmp_path / "explicit-searcher-state.pkl"))
 
     roots = [str(tmp_path)]
@@ -137,7 +138,7 @@ def test_no_file_the_run_wrote_holds_the_api_key(ray_with_key, tmp_path):
     # TensorBoard events (Tune's and the search's), generations.jsonl, best.json, the LLM journal.
     names = [name for root in roots for _, _, files in os.walk(root) for name in files]
     for expected in ("result.json", "params.json", "tuner.pkl", "generations.jsonl", "best.json", "llm_rounds.jsonl",
-                     "state.json", "explicit-searcher-state.pkl"):
+                     "state.json", "explicit-searcher-state.pkl", "answers.jsonl", "evaluations.csv"):
         assert expected in names, expected
     for prefix in ("searcher-state-", "experiment_state-", "events.out.tfevents."):
         assert any(n.startswith(prefix) for n in names), prefix
