@@ -889,6 +889,7 @@ class LLMSearch(Searcher):
                  for i, text in enumerate(self.seed_prompts)]
         style = self.meta_prompt_style
         example = self.mentor.build(seeds[: self.top_k], rounds[0] if rounds else 1, style)
+
         def long(i: int, s: int) -> str:  # distinct texts (the mentor shows a text once), clipped at 160
             return f"{i:03d} {s:03d} " + "w" * 152
 
@@ -908,7 +909,8 @@ class LLMSearch(Searcher):
         out["max_tokens"] = (None if out["max_completion_tokens_per_call"] is None
                              else max_calls * (prompt_bound + out["max_completion_tokens_per_call"]))
         budget = self.llm_budget
-        if budget is not None and budget.prompt_price is not None and out["max_tokens"] is not None:
+        priced = budget is not None and None not in (budget.prompt_price, budget.completion_price)
+        if priced and out["max_tokens"] is not None:
             out["max_cost"] = round(max_calls * (prompt_bound * budget.prompt_price + out[
                 "max_completion_tokens_per_call"] * budget.completion_price) / 1000.0, 6)
         if budget is not None:

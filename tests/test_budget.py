@@ -133,6 +133,13 @@ def test_a_dry_run_bounds_what_the_search_then_asks_without_asking(tmp_path, sty
     assert max(len(m.encode("utf-8")) for m in llm.asked) + 64 <= plan["max_prompt_tokens_per_call"]
 
 
+def test_a_dry_run_with_one_price_gives_no_cost_bound(tmp_path):
+    search = LLMSearch(Recording(), TASK, SEEDS, population=2, generations=2, log_dir=str(tmp_path),
+                       llm_budget={"tokens": 1000, "prices": {"prompt": 1.0}})
+    plan = search.dry_run()
+    assert "max_cost" not in plan and plan["llm_budget"] == {"tokens": 1000}
+
+
 def test_the_perturb_control_plans_no_llm_call(tmp_path):
     search = LLMSearch(Recording(), TASK, SEEDS, population=2, generations=3, elites=2, screen=2, proposals="perturb",
                        log_dir=str(tmp_path))
