@@ -171,3 +171,15 @@ def test_a_budget_through_real_tune_run(server, tmp_path):
     scalars, _ = helpers.read_events(str(tmp_path / "log" / "llm_search"))
     assert [v for _, v in scalars["llm_search/llm_budget_reached"]] == [0.0, 0.0, 1.0]  # generations 0, 1, 2
     assert [v for _, v in scalars["llm_search/llm_spent/calls"]] == [0.0, 1.0, 1.0]
+
+
+def test_the_quickstart_dry_run_prints_the_plan_and_runs_nothing(tmp_path):
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, os.path.join(root, "examples", "quickstart.py"), "--dry-run",
+                           "--storage", str(tmp_path)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "round 1's meta-prompt" in done.stdout and "prompt: the topic of this news article is" in done.stdout
+    assert "at most 2 LLM calls in 2 rounds" in done.stdout
+    assert not any(tmp_path.iterdir())  # no experiment folder: nothing ran
