@@ -21,7 +21,20 @@ from trainables.phase import examples_key, run_phase
 TARGET = torch.tensor([[1.0, -1.0, 0.5, 0.0], [1.0, -1.0, 0.5, 0.0]])
 
 
-class Toy:
+class NoHead:
+    """The head part of a ``PromptModel`` that trains nothing but the prompt."""
+
+    def extra_parameters(self) -> list:
+        return []
+
+    def extra_state(self) -> dict:
+        return {}
+
+    def load_extra_state(self, state: dict) -> None:
+        pass
+
+
+class Toy(NoHead):
     """A ``PromptModel``: 2 vectors of 4 dims; accuracy in steps of 1/len(val)."""
 
     device = torch.device("cpu")
@@ -44,15 +57,6 @@ class Toy:
 
     def project(self, vectors: torch.Tensor) -> str:
         return f"proj {float(vectors.sum()):.3f}"
-
-    def extra_parameters(self) -> list:
-        return []
-
-    def extra_state(self) -> dict:
-        return {}
-
-    def load_extra_state(self, state: dict) -> None:
-        pass
 
     def loss(self, vectors: torch.Tensor, batch: list) -> torch.Tensor:
         return ((vectors - TARGET) ** 2).sum()
@@ -267,7 +271,7 @@ def test_match_threads_outside_ray_starts_no_ray_session():
 
 # -- the paired screening test ------------------------------------------------------------------------------
 
-class Table:
+class Table(NoHead):
     """A ``PromptModel`` whose texts are rows of a table: which of 20 validation examples each text gets right
     (the vectors carry the row's number). No gradient: for the screening decision alone."""
 
@@ -286,15 +290,6 @@ class Table:
 
     def project(self, vectors: torch.Tensor) -> str:
         return self.texts[int(round(float(vectors[0, 0])))]
-
-    def extra_parameters(self) -> list:
-        return []
-
-    def extra_state(self) -> dict:
-        return {}
-
-    def load_extra_state(self, state: dict) -> None:
-        pass
 
     def loss(self, vectors: torch.Tensor, batch: list) -> torch.Tensor:
         return (vectors * 0.0).sum()

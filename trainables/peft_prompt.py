@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from trainables.data import Example, TextDataset
-from trainables.phase import check_config, load_vectors, run_phase
+from trainables.phase import check_config, evaluate_logits, load_vectors, run_phase
 from trainables.projection import ids_to_text, project_to_tokens, special_token_ids, text_to_vectors
 from trainables.text_prompt import _device, dataset_for, resolve_model
 
@@ -164,15 +164,7 @@ class PeftPrompt:
 
     def evaluate_each(self, vectors: torch.Tensor, examples: list[Example],
                       batch_size: int = 32) -> tuple[float, float, list[bool]]:
-        total, right = 0.0, []
-        with torch.no_grad():
-            for i in range(0, len(examples), batch_size):
-                batch = examples[i : i + batch_size]
-                logits = self.logits(vectors.detach(), batch).float()
-                labels = torch.as_tensor([e.label for e in batch], device=self.device)
-                total += float(F.cross_entropy(logits, labels, reduction="sum"))
-                right += [bool(x) for x in (logits.argmax(-1) == labels).tolist()]
-        return total / len(examples), sum(right) / len(examples), right
+        return evaluate_logits(self.logits, vectors, examples, self.device, batch_size)
 
     # -- the model -------------------------------------------------------------------------------------------
 

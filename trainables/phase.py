@@ -149,6 +149,24 @@ def check_config(config: dict) -> dict:
             "weight_decay": weight_decay, "mix_alpha": alpha, "screen_margin": margin}
 
 
+def evaluate_logits(logits: Callable, vectors: torch.Tensor, examples: list, device,
+                    batch_size: int = 32) -> tuple[float, float, list[bool]]:
+    """Mean cross-entropy, accuracy and per-example correctness of ``logits(vectors, batch) -> [B, C]`` over
+    ``examples`` in batches, without a graph (a trained head would otherwise build one for nothing): the
+    ``evaluate_each`` of any classifier-style ``PromptModel``."""
+    import torch.nn.functional as F
+
+    total, right = 0.0, []
+    with torch.no_grad():
+        for i in range(0, len(examples), batch_size):
+            batch = examples[i : i + batch_size]
+            out = logits(vectors.detach(), batch).float()
+            labels = torch.as_tensor([e.label for e in batch], device=device)
+            total += float(F.cross_entropy(out, labels, reduction="sum"))
+            right += [bool(x) for x in (out.argmax(-1) == labels).tolist()]
+    return total / len(examples), sum(right) / len(examples), right
+
+
 def examples_key(examples: list) -> str:
     """A fingerprint of an evaluation split: a saved score is reused only on the same examples."""
     digest = hashlib.sha256()

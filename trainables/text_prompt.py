@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from trainables.data import Example, TextDataset, load_dataset
-from trainables.phase import check_config, run_phase
+from trainables.phase import check_config, evaluate_logits, run_phase
 from trainables.projection import ids_to_text, project_to_tokens, special_token_ids, text_to_vectors
 
 TEXT_DEFAULTS = {
@@ -186,7 +186,6 @@ class SoftPromptClassifier(torch.nn.Module):
         labels = torch.as_tensor([e.label for e in batch], device=self.device)
         return F.cross_entropy(logits.float(), labels)
 
-    @torch.no_grad()
     def evaluate(self, vectors: torch.Tensor, examples: list[Example], batch_size: int = 32) -> tuple[float, float]:
         loss, acc, _ = self.evaluate_each(vectors, examples, batch_size)
         return loss, acc
@@ -194,15 +193,7 @@ class SoftPromptClassifier(torch.nn.Module):
     def evaluate_each(self, vectors: torch.Tensor, examples: list[Example],
                       batch_size: int = 32) -> tuple[float, float, list[bool]]:
         """Mean loss, accuracy and, per example, whether it was classified right (for paired comparisons)."""
-        total_loss, right = 0.0, []
-        with torch.no_grad():  # a trained head would otherwise build a graph that nothing differentiates
-            for i in range(0, len(examples), batch_size):
-                batch = examples[i : i + batch_size]
-                logits = self.logits(vectors, batch).float()
-                labels = torch.as_tensor([e.label for e in batch], device=self.device)
-                total_loss += float(F.cross_entropy(logits, labels, reduction="sum"))
-                right += [bool(x) for x in (logits.argmax(-1) == labels).tolist()]
-        return total_loss / len(examples), sum(right) / len(examples), right
+        return evaluate_logits(self.logits, vectors, examples, self.device, batch_size)
 
     # -- model ---------------------------------------------------------------------------------------------
 
