@@ -57,8 +57,11 @@ import time
 from ray.tune import Callback  # noqa: E402
 from ray.tune.search import Searcher  # noqa: E402
 
+from ray_llm_search import presets  # noqa: E402
+
 ARMS = ("gradient", "llm", "llm+gradient", "perturb+gradient", "screened", "screened-perturb", "screened-paired",
-        "screened-perturb-paired", "late-mix", "late-mix-perturb", "late-text", "authors", "authors-perturb")
+        "screened-perturb-paired", "late-mix", "late-mix-perturb", "late-text", "authors", "authors-perturb",
+        "authors-faithful")
 ARM_LABELS = {"gradient": "gradient only", "llm": "LLM only (OPRO-style)", "llm+gradient": "LLM + gradient (LLMSearch)",
               "screened": "chains + screened LLM starts", "screened-perturb": "chains + screened perturbed starts (no LLM)",
               "late-mix": "chains + late warm LLM restarts",
@@ -68,7 +71,8 @@ ARM_LABELS = {"gradient": "gradient only", "llm": "LLM only (OPRO-style)", "llm+
               "screened-paired": "chains + LLM starts screened by a paired test",
               "screened-perturb-paired": "chains + perturbed starts screened by a paired test (no LLM)",
               "authors": "authors' regime (1 chain, 3 screened LLM rounds, long descent)",
-              "authors-perturb": "authors' regime, perturbed texts (no LLM)"}
+              "authors-perturb": "authors' regime, perturbed texts (no LLM)",
+              "authors-faithful": "authors' regime, mentor shown text scores"}
 # The arms in which new starts are screened: arm -> (where candidates come from, when they are screened, how
 # a winning candidate starts: None = --candidate-start, the test it must pass). "early": generation 0 scores
 # the seed prompts as text and every chain screens candidates before its first step; "late": the chains
@@ -79,10 +83,23 @@ SCREENED_ARMS = {"screened": ("llm", "early", None, "gain"), "screened-perturb":
                  "screened-perturb-paired": ("perturb", "early", None, "paired"),
                  "late-mix": ("llm", "late", "mix", "gain"), "late-mix-perturb": ("perturb", "late", "mix", "gain"),
                  "late-text": ("llm", "late", "text", "gain"),
-                 "authors": ("llm", "authors", "text", "gain"), "authors-perturb": ("perturb", "authors", "text", "gain")}
+                 "authors": ("llm", "authors", "text", "gain"), "authors-perturb": ("perturb", "authors", "text", "gain"),
+                 "authors-faithful": ("llm", "authors", "text", "gain")}
+# The preset (ray_llm_search.presets) each screened arm runs; its table entry above says where candidates
+# come from and how a winner starts.
+ARM_PRESETS = {"screened": "chains-screened", "screened-perturb": "chains-screened", "screened-paired": "chains-paired",
+               "screened-perturb-paired": "chains-paired", "late-mix": "late-mix", "late-mix-perturb": "late-mix",
+               "late-text": "late-mix", "authors": "authors", "authors-perturb": "authors",
+               "authors-faithful": "authors-faithful"}
+# Arms whose mentor is shown texts with what they score as text (LLMSearch(mentor_scores="text")), each a
+# copy of the arm named beside it with the projections' evaluations taken from its screening.
+FAITHFUL_ARMS = {"authors-faithful": "authors"}
 # What the LLM adds: each LLM arm minus its no-LLM control (the same allocation, perturbed texts).
 CONTROLS = (("llm+gradient", "perturb+gradient"), ("screened", "screened-perturb"),
-            ("screened-paired", "screened-perturb-paired"), ("late-mix", "late-mix-perturb"), ("authors", "authors-perturb"))
+            ("screened-paired", "screened-perturb-paired"), ("late-mix", "late-mix-perturb"), ("authors", "authors-perturb"),
+            ("authors-faithful", "authors-perturb"))
+# Ablations of the mentor's input: an arm minus the same arm with the mentor shown vector scores.
+ABLATIONS = tuple((a, b) for a, b in FAITHFUL_ARMS.items())
 # gradient only, restarts without an LLM (the same allocation as LLMSearch), LLM only, LLMSearch's defaults
 DEFAULT_ARMS = ("gradient", "perturb+gradient", "llm", "llm+gradient")
 
@@ -426,20 +443,13 @@ def run_arm(args, dataset: str, seed: int, arm: str, storage: str, llm_factory=N
                                generations=args.generations, elites=args.elites,
                                proposals="perturb" if arm == "perturb+gradient" else "llm",
                                max_prompt_words=args.max_prompt_words, seed=seed, log_dir=log_dir)
-        elif SCREENED_ARMS[arm][1] == "authors":
-            proposals, _, candidate_start, test = SCREENED_ARMS[arm]
-            search = LLMSearch(llm, task, seeds[:1], metric="val_acc", mode="max", population=1, elites=1,
-                               schedule=authors_schedule(args), reuse_start_score=True, proposals=proposals,
-                               candidate_start=candidate_start, screen_margin=args.screen_margin, screen_test=test,
-                               max_prompt_words=args.max_prompt_words, seed=seed, log_dir=log_dir)
         else:
-            proposals, when, candidate_start, test = SCREENED_ARMS[arm]
-            search = LLMSearch(llm, task, seeds, metric="val_acc", mode="max", population=args.population,
-                               elites=args.population, schedule=screened_schedule(args, when), reuse_start_score=True,
-                               proposals=proposals, candidate_start=candidate_start or args.candidate_start,
-                               screen_margin=args.screen_margin, screen_test=test,
-                               max_prompt_words=args.max_prompt_words,
-                               seed=seed, log_dir=log_dir)
+            proposals, _, candidate_start, _ = SCREENED_ARMS[arm]
+            search = LLMSearch.from_preset(
+                llm, task, seeds, ARM_PRESETS[arm], steps=args.steps, eval_every=args.eval_every,
+                population=args.population, generations=args.generations, metric="val_acc", mode="max",
+                proposals=proposals, candidate_start=candidate_start or args.candidate_start,
+                screen_margin=args.screen_margin, max_prompt_words=args.max_prompt_words, seed=seed, log_dir=log_dir)
     recorder = Recorder()
     started = time.time()
     if args.backend == "inline":
@@ -481,48 +491,16 @@ def _split_sizes(config: dict) -> dict:
 
 
 def screened_schedule(args, when: str = "early") -> list[dict]:
-    """The screened arms' generations at the gradient arm's budget, every chain continuing (its start score
-    reused, not recomputed), one generation screening ``G - 1`` candidates per chain: that spends the
-    ``P * (G - 1)`` evaluations that the gradient arm uses to re-evaluate its resumed starts.
-
-    ``"early"``: generation 0 evaluates the seed prompts as text (``P`` evaluations), then ``G`` generations
-    of ``K`` steps, the first of them screening. ``"late"``: ``G`` generations of ``K`` steps, the second
-    screening (the chains have descended for ``K`` steps when candidates are scored against them)."""
-    screen = args.generations - 1
-    if when == "late":
-        gens = [{"steps": args.steps} for _ in range(args.generations)]
-        if args.generations > 1:
-            gens[1]["screen"] = screen
-        return gens
-    first = {"steps": args.steps, "screen": screen} if args.generations > 1 else {"steps": args.steps}
-    return [{"steps": 0}, first] + [{"steps": args.steps} for _ in range(args.generations - 1)]
+    """The screened arms' generations at the gradient arm's budget: ``presets.chains_schedule``."""
+    return presets.chains_schedule(args.generations, args.steps, when)
 
 
-AUTHORS_ROUNDS = 3
+AUTHORS_ROUNDS = presets.AUTHORS_ROUNDS
 
 
-def authors_schedule(args) -> list[dict]:
-    """The MaaO authors' regime at the gradient arm's budget: one chain; LLM rounds after each of the first
-    ``3`` short phases (``K`` steps, evaluated at their end), each screening ``S`` candidates as text against
-    the chain (the authors take the LLM's first prompt blindly; here it must beat the chain); then one long
-    descent with the remaining steps, evaluated every ``eval_every``. ``S`` is what spends the gradient arm's
-    evaluations exactly; raises ``ValueError`` where no whole ``S >= 1`` does."""
-    b = budget(args)
-    rounds, short = AUTHORS_ROUNDS, args.steps
-    final = b["gradient_steps"] - (rounds + 1) * short
-    if final <= 0 or final % args.eval_every:
-        raise ValueError(f"the authors' arm needs {rounds + 1} phases of --steps {short} and a final one with the "
-                         f"rest of {b['gradient_steps']} steps, a positive multiple of --eval-every {args.eval_every}")
-    # evaluations: 2 in generation 0 (start, end), S + 1 per round (the chain's start score is reused), and
-    # final / eval_every in the long descent
-    left = b["evaluations"] - 2 - final // args.eval_every
-    if left % rounds or left // rounds < 2:
-        raise ValueError(f"the authors' arm cannot spend exactly {b['evaluations']} evaluations with {rounds} "
-                         f"rounds at this budget ({b}); change --generations, --population or --steps")
-    screen = left // rounds - 1
-    return ([{"steps": short, "eval_every": short}]
-            + [{"steps": short, "eval_every": short, "screen": screen} for _ in range(rounds)]
-            + [{"steps": final, "eval_every": args.eval_every}])
+def authors_schedule(args, faithful: bool = False) -> list[dict]:
+    """The MaaO authors' regime at the gradient arm's budget: ``presets.authors_schedule``."""
+    return presets.authors_schedule(args.population, args.generations, args.steps, args.eval_every, faithful)
 
 
 def drive_inline(search, config: dict, recorder: Recorder, max_wait_s: float = 900.0) -> None:
@@ -575,7 +553,9 @@ class Recorder(Callback):
         if "val_acc" not in result or "step" not in result:
             return
         # a function trainable's final result may repeat its last report: one row per (trial, step, screen)
-        key = (trial_id, int(result["step"]), int(result.get("screen_index", -1)) if result.get("screen") else -1)
+        # (a projection evaluated as text is a screen row of its own, after the phase's last step)
+        index = -2 if result.get("projection") else int(result.get("screen_index", -1)) if result.get("screen") else -1
+        key = (trial_id, int(result["step"]), index)
         self.rows[key] = {
             "trial_id": trial_id, "generation": int(cfg.get("generation", 0)),
             "origin": cfg.get("origin"), "prompt_init": cfg.get("prompt_init"),
@@ -584,7 +564,7 @@ class Recorder(Callback):
             "loss": float(result.get("loss", math.nan)), "prompt_text": result.get("prompt_text"),
             "vectors_path": None if result.get("screen") else result.get("vectors_path"),
             "screen": bool(result.get("screen")), "reused": bool(result.get("reused")),
-            "evaluations": result.get("evaluations"), "start": result.get("start"),
+            "projection": bool(result.get("projection")), "evaluations": result.get("evaluations"), "start": result.get("start"),
             "start_text": result.get("start_text"), "step_vectors_path": result.get("step_vectors_path"),
         }
 
@@ -754,7 +734,7 @@ def paired(values: list[float]) -> str:
 def paired_table(runs: list[dict]) -> list[str]:
     """Test accuracy of each arm minus gradient only's, seed by seed (same splits, same generation 0), with a
     95% interval; and the screened LLM arm minus its no-LLM control. The last row averages the datasets."""
-    pairs = [(a, "gradient") for a in ARMS if a != "gradient"] + list(CONTROLS)
+    pairs = [(a, "gradient") for a in ARMS if a != "gradient"] + list(CONTROLS) + list(ABLATIONS)
     by = {(r["dataset"], r["arm"], r["seed"]): r["test_acc"] for r in runs}
     datasets = sorted({r["dataset"] for r in runs})
     present = [(a, b) for a, b in pairs if any((d, a, s) in by and (d, b, s) in by for d, _, s in by)]
@@ -792,7 +772,8 @@ def write_plots(results: dict, out: str) -> list[str]:
     colors = {"gradient": "tab:blue", "llm": "tab:orange", "llm+gradient": "tab:green", "screened": "tab:red",
               "screened-perturb": "tab:purple", "late-mix": "tab:brown", "late-mix-perturb": "tab:gray",
               "perturb+gradient": "tab:olive", "authors": "tab:cyan", "authors-perturb": "tab:pink",
-              "screened-paired": "darkred", "screened-perturb-paired": "indigo", "late-text": "goldenrod"}
+              "screened-paired": "darkred", "screened-perturb-paired": "indigo", "late-text": "goldenrod",
+              "authors-faithful": "teal"}
     for dataset in sorted({r["dataset"] for r in results["runs"]}):
         runs = [r for r in results["runs"] if r["dataset"] == dataset]
         fig, axes = plt.subplots(1, 2, figsize=(11, 4))

@@ -133,6 +133,41 @@ class Mentor:
         ]
         return "\n".join(lines)
 
+    def build_scored(self, evaluated: list, n: int, style: str = "chat") -> str:
+        """Meta-prompt asking for ``n`` prompts from texts scored *as text* (``Evaluation``s with ``text``,
+        ``loss`` and ``metric``), given best first and shown worst first (best last, as OPRO does)."""
+        if style not in STYLES:
+            raise ValueError(f"style must be one of {STYLES}, got {style!r}")
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+            raise ValueError(f"n must be an integer >= 1, got {n!r}")
+        shown = [e for e in reversed(evaluated) if math.isfinite(e.metric)]
+        if style == "completion":
+            lines = [f"{self.task_description.strip()}", f"Prompts for this task, sorted by {self.metric} "
+                     f"({'best' if self.mode == 'max' else 'lowest'} last):", ""]
+            for e in shown[-12:]:
+                lines += [f"prompt: {_clip(e.text)}", f"{self.metric}: {e.metric:.2f}", ""]
+            lines.append("prompt:")
+            return "\n".join(lines)
+        better = "higher is better" if self.mode == "max" else "lower is better"
+        scores = self.metric if self.metric == "loss" else f"validation loss and {self.metric}"
+        lines = [
+            "You are an expert at writing prompts for a classifier.",
+            f"Task: {self.task_description.strip()}",
+            "",
+            f"Each prompt below was evaluated as it is written, with its {scores} ({better}). They are ordered "
+            "from worst to best.",
+            "",
+        ]
+        lines += [f"\"{_clip(e.text)}\" {self._scores(e)}" for e in shown]
+        lines += [
+            "",
+            f"Write {n} new prompts for this task that you expect to score better than all of the above. "
+            "Learn from which words helped. Each must differ from every prompt above and have at most "
+            f"{self.max_words} words.",
+            f"Reply with the {n} prompts only, one per line, numbered 1 to {n}, without any other text.",
+        ]
+        return "\n".join(lines)
+
     def _build_completion(self, shown: list[Trajectory]) -> str:
         lines = [f"{self.task_description.strip()}", f"Prompts for this task, sorted by {self.metric} "
                  f"({'best' if self.mode == 'max' else 'lowest'} last):", ""]

@@ -26,11 +26,11 @@ from typing import Any
 
 from ray.tune.search import Searcher
 
-from ray_llm_search import space, tables
+from ray_llm_search import presets, space, tables
 from ray_llm_search.budget import LLMBudget
 from ray_llm_search.llm.base import LLM, LLMError
 from ray_llm_search.mentor import Mentor, Parsed
-from ray_llm_search.pool import Evaluation, PromptPool, Trajectory, normalize, perturb, vocabulary_of
+from ray_llm_search.pool import Evaluation, PromptPool, Trajectory, loss_key, normalize, perturb, vocabulary_of
 from ray_llm_search.tensorboard import GenerationLog, append_journal, read_journal
 
 logger = logging.getLogger(__name__)
@@ -43,8 +43,9 @@ CONFIG_KEYS = ("prompt_init", "resume_from", "generation", "origin", "phase_seed
 # Keys added only where they apply: a generation's steps from ``schedule``; the screened-start keys of
 # ``trainables.phase`` (``prompt_candidates``, ``candidate_start``, ``mix_alpha``, ``reuse_start_score``).
 OPTIONAL_CONFIG_KEYS = ("steps", "eval_every", "prompt_candidates", "candidate_start", "mix_alpha",
-                        "screen_margin", "screen_test", "reuse_start_score")
+                        "screen_margin", "screen_test", "reuse_start_score", "project_best")
 PROPOSALS = ("llm", "perturb")
+MENTOR_SCORES = ("vectors", "text")
 
 
 class LLMSearch(Searcher):
@@ -88,6 +89,11 @@ class LLMSearch(Searcher):
             level is shared among the screened candidates), so that luck on a small split displaces no chain.
         reuse_start_score: an elite takes its saved validation score as its step-0 evaluation instead of
             computing it again (same validation examples only); saves one evaluation per elite.
+        mentor_scores: what the LLM is shown. ``"vectors"`` (default): each trajectory's projected texts next to
+            the scores of the vectors they came from, which the texts themselves rarely reach. ``"text"``: only
+            texts evaluated as text (starts from text, screened candidates whether adopted or not, and each
+            phase followed by an LLM round evaluates its best vectors' projection as text: one more evaluation
+            per such phase, ``project_best`` in ``trainables.phase``), each with its own score, best last.
 
     Example:
         >>> search = LLMSearch(LocalLLM(), "Classify BBC news by topic.", ["the topic of this article is"],
@@ -122,6 +128,7 @@ class LLMSearch(Searcher):
         screen_margin: float = 0,
         screen_test: str = "gain",
         llm_budget: dict | LLMBudget | None = None,
+        mentor_scores: str = "vectors",
     ) -> None:
         if mode is not None and mode not in ("max", "min"):
             raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
@@ -160,6 +167,8 @@ class LLMSearch(Searcher):
         llm_budget = LLMBudget.parse(llm_budget)
         if screen_test not in ("gain", "paired"):
             raise ValueError(f"screen_test must be 'gain' or 'paired', got {screen_test!r}")
+        if mentor_scores not in MENTOR_SCORES:
+            raise ValueError(f"mentor_scores must be one of {MENTOR_SCORES}, got {mentor_scores!r}")
         if not isinstance(top_k, int) or top_k < 1:
             raise ValueError(f"top_k must be an integer >= 1, got {top_k!r}")
         if candidates_per_round is not None and (
@@ -196,9 +205,11 @@ class LLMSearch(Searcher):
         self.reuse_start_score = bool(reuse_start_score)
         self.screen_margin = screen_margin
         self.screen_test = screen_test
+        self.mentor_scores = mentor_scores
         self.llm_budget = llm_budget
         self.max_prompt_words = max_prompt_words
         self.seed = seed
+        self.preset: str | None = None  # the named design it was made from (from_preset), if any
         stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d_%H-%M-%S")
         self.log_dir = os.path.abspath(os.path.expanduser(log_dir or f"~/ray_results/llm_search/{stamp}"))
         self.llm_timeout_s = llm_timeout_s
@@ -236,6 +247,33 @@ class LLMSearch(Searcher):
         self._search_id = uuid.uuid4().hex[:16]
         self._restored = False  # set by set_state: consult the LLM journal before asking
         self._replay_from: str | None = None  # the incarnation whose journaled answers a restore replays
+
+    @classmethod
+    def from_preset(cls, llm: LLM, task_description: str, seed_prompts: list[str], preset: str = presets.DEFAULT, *,
+                    steps: int, eval_every: int, population: int = 4, generations: int = 3,
+                    **kwargs: Any) -> LLMSearch:
+        """An ``LLMSearch`` of a named design (``ray_llm_search.presets``) at the budget of ``population``
+        gradient chains run for ``generations`` phases of ``steps`` steps, evaluated every ``eval_every``:
+        pass the trial config's ``steps`` and ``eval_every``. The default, ``"chains-paired"``, is the design
+        that measured best across tasks (``examples/RESULTS.md``): every chain continues, and an LLM candidate
+        takes a chain's place only on a significant paired win, so a useless mentor costs almost nothing.
+        ``kwargs`` go to the constructor (``metric``, ``mode``, ``log_dir``, ``seed``, ...) and override the
+        preset's own arguments.
+
+        Example:
+            >>> search = LLMSearch.from_preset(LocalLLM(), TASK, SEEDS, metric="val_acc", mode="max",
+            ...                                steps=base["steps"], eval_every=base["eval_every"])
+            >>> tune.run(train_text_prompt, config=base, search_alg=search, num_samples=search.total_trials)
+        """
+        kw = presets.preset(preset, population=population, generations=generations, steps=steps,
+                            eval_every=eval_every)
+        first = kw.pop("seed_prompts", None)
+        if first and isinstance(seed_prompts, (list, tuple)):
+            seed_prompts = [s for s in seed_prompts if isinstance(s, str) and s.strip()][:first] or list(seed_prompts)
+        kw.update(kwargs)
+        search = cls(llm, task_description, seed_prompts, **kw)
+        search.preset = preset
+        return search
 
     @property
     def total_trials(self) -> int:
@@ -326,7 +364,7 @@ class LLMSearch(Searcher):
         # Defaults for what an LLMSearch pickled by an older version (a tuner.pkl) lacks.
         self.__dict__.update({"llm_reasks": 0, "_restored": False, "_replay_from": None,
                               "_search_id": uuid.uuid4().hex[:16], "schedule": None, "screen": 0, "proposals": "llm",
-                              "candidate_start": "text", "mix_alpha": 0.5, "reuse_start_score": False, "screen_margin": 0, "screen_test": "gain", "llm_budget": None,
+                              "candidate_start": "text", "mix_alpha": 0.5, "reuse_start_score": False, "screen_margin": 0, "screen_test": "gain", "llm_budget": None, "mentor_scores": "vectors", "preset": None,
                               "_budget_warned": False,
                               "_held": [], "_screened": {}, "_suspicious": {}, "_domains": [],
                               "_space_rng": random.Random()})
@@ -410,7 +448,16 @@ class LLMSearch(Searcher):
                        mix_alpha=self.mix_alpha, screen_margin=self.screen_margin, screen_test=self.screen_test)
         if spec["resume_from"] and self.reuse_start_score:
             out["reuse_start_score"] = True
+        if self.mentor_scores == "text" and self._round_follows(generation):
+            out["project_best"] = True
         return out
+
+    def _round_follows(self, generation: int) -> bool:
+        """Whether an LLM round will read this generation's results: a next generation with new starts or
+        screened candidates (the phases of the last generation feed no round)."""
+        if generation + 1 >= self.generations:
+            return False
+        return self.population > self.elites or self._plan(generation + 1)["screen"] * self.elites > 0
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         start = time.thread_time()
@@ -462,6 +509,8 @@ class LLMSearch(Searcher):
             text = str(result.get("prompt_text", ""))[:1000]
             screened = self._screened.setdefault(trajectory.generation, [])
             entry = {"trial_id": trial_id, "text": text, "metric": value, "loss": _float(result.get("loss", math.nan))}
+            if result.get("projection"):
+                entry["projection"] = True
             if entry not in screened:
                 screened.append(entry)
             self._pool.mark_seen(text)
@@ -565,9 +614,11 @@ class LLMSearch(Searcher):
                 "screen": entry.get("screen", self.screen) if generation > 0 else 0}
 
     def _start_round(self, generation: int, new_starts: int, slots: int) -> None:
-        shown = self._pool.ranked()[: self.top_k]
         n = self.candidates_per_round or new_starts + 2 * slots  # ask for more than the screening needs
-        meta_prompt = self.mentor.build(shown, n, self.meta_prompt_style)
+        if self.mentor_scores == "text":
+            meta_prompt = self.mentor.build_scored(self.text_scores()[: max(self.top_k, 12)], n, self.meta_prompt_style)
+        else:
+            meta_prompt = self.mentor.build(self._pool.ranked()[: self.top_k], n, self.meta_prompt_style)
         self._rounds[generation] = {
             "generation": generation,
             "status": "pending",
@@ -718,6 +769,30 @@ class LLMSearch(Searcher):
         log("generation %d: LLM round %s after %d ask(s) in %.1fs: %d candidates, %d from the pool; faults %s, "
             "rejected %s", generation, "failed (" + error + ")" if error else "done", info["asks"], elapsed,
             len(candidates) + len(screened), len(fill) + len(screen_fill), faults, info["rejected"])
+
+    def text_scores(self) -> list[Evaluation]:
+        """Every text evaluated as text so far, best first, each once (its first evaluation): the step-0
+        evaluation of each phase that started from text (a seed, a new start, an adopted text candidate), and
+        every screened candidate and projection (``mentor_scores="text"``). Non-finite scores are left out."""
+        found: list[tuple[int, Evaluation]] = []
+        for trajectory in self._pool.trajectories.values():
+            first = trajectory.evaluations[0] if trajectory.evaluations else None
+            if first is None or first.step != 0:
+                continue
+            if trajectory.adopted and self.candidate_start == "text":
+                found.append((trajectory.generation, Evaluation(0, trajectory.adopted, first.loss, first.metric)))
+            elif not trajectory.resume_from and not trajectory.adopted:
+                found.append((trajectory.generation, Evaluation(0, trajectory.prompt_init, first.loss, first.metric)))
+        for generation, entries in self._screened.items():
+            for entry in entries:
+                found.append((generation, Evaluation(0, entry["text"], entry["loss"], entry["metric"])))
+        sign = -1.0 if self._mode != "min" else 1.0
+        unique: dict[str, Evaluation] = {}
+        for _, e in found:
+            key = normalize(e.text)
+            if key and key not in unique and math.isfinite(e.metric):
+                unique[key] = e
+        return sorted(unique.values(), key=lambda e: (sign * e.metric, loss_key(e.loss)))
 
     def _round_size(self, info: dict) -> int:
         """Candidates a round asks for (rounds saved by an older version hold no ``n``)."""

@@ -247,6 +247,8 @@ def test_authors_schedule_spends_the_gradient_arms_budget_or_says_why_not():
     # generation 0: start + end; each round: S screened + 1 (start reused); the long descent: 64 / 4
     evaluations = 2 + sum(g.get("screen", 0) + 1 for g in schedule[1:4]) + 64 // 4
     assert evaluations == b["evaluations"] and all(g["screen"] == 5 for g in schedule[1:4])
+    faithful = compare.authors_schedule(args, faithful=True)
+    assert [g["steps"] for g in faithful] == [8, 8, 8, 8, 64] and all(g["screen"] == 4 for g in faithful[1:4])
     with pytest.raises(ValueError, match="authors' arm needs"):
         compare.authors_schedule(compare.parse_args(["--generations", "2", "--population", "2", "--steps", "2",
                                                      "--eval-every", "2"]))
@@ -257,7 +259,8 @@ def test_authors_regime_runs_one_chain_at_the_same_budget(tmp_path):
     argv = ["--datasets", "sst2", "--seeds", "3", "--generations", "3", "--population", "2", "--steps", "2",
             "--eval-every", "1", "--shots", "2", "--val-shots", "2", "--test-size", "10", "--max-length", "32",
             "--backend", "inline", "--out", str(tmp_path / "out"), "--storage", str(tmp_path / "storage"),
-            "--data-root", str(SHARED_DATA), "--no-seed-prompt", "--arms", "gradient", "authors", "authors-perturb"]
+            "--data-root", str(SHARED_DATA), "--no-seed-prompt", "--arms", "gradient", "authors", "authors-perturb",
+            "authors-faithful"]
     result = compare.main(argv, llm_factory=lambda args, seed: ScriptedLLM())
     runs = {r["arm"]: r for r in result["results"]["runs"]}
     b = runs["gradient"]["budget"]
@@ -271,6 +274,13 @@ def test_authors_regime_runs_one_chain_at_the_same_budget(tmp_path):
         assert len(starts) == 4 and all(e["reused"] or str(e["start"]).startswith("candidate") for e in starts)
         assert {e["prompt_init"] for e in run["evaluations"] if e["generation"] == 0} == {compare.TASKS["sst2"][1][0]}
     assert runs["authors"]["llm_calls"] == 3 and runs["authors-perturb"]["llm_calls"] == 0
+    # shown text scores: the 3 phases before the rounds project their best as text, paid for by screening
+    # one candidate fewer per round, so the budget is the same
+    faithful = runs["authors-faithful"]
+    assert faithful["n_evaluations"] == b["evaluations"] and faithful["gradient_steps"] == b["gradient_steps"]
+    projections = [e for e in faithful["evaluations"] if e["projection"]]
+    assert [e["generation"] for e in projections] == [0, 1, 2] and all(e["screen"] for e in projections)
+    assert faithful["screened"] == 3 * 2 + 3 and faithful["llm_calls"] == 3
 
 
 @pytest.mark.slow

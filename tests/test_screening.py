@@ -388,3 +388,60 @@ def test_every_evaluation_and_generation_as_rows_csv_and_dataframe(tmp_path):
     assert len(search.dataframe("generations")) == 3
     with pytest.raises(ValueError, match="kind must be"):
         search.dataframe("trials")
+
+
+# -- the mentor shown texts with what they score as text (issue #9, item 1) --------------------------------------
+
+
+def test_a_phase_scores_its_best_projection_as_text_before_its_final_result():
+    rows, out, model = phase({"prompt_init": "bad start", "project_best": True})
+    projection, final = rows[-2], rows[-1]
+    assert projection["screen"] and projection["projection"] and not final.get("screen")
+    best = max((r for r in rows if not r.get("screen")), key=lambda r: (r["val_acc"], -r["loss"]))
+    assert projection["prompt_text"] == best["prompt_text"] == out["prompt_text"]
+    loss, acc = Toy().evaluate(Toy().init_vectors(best["prompt_text"]), VAL)
+    assert (projection["loss"], projection["val_acc"]) == pytest.approx((loss, acc))
+    # start + 2 steps + the projection: counted once, in the final result too
+    assert model.evaluations == 4 and final["evaluations"] == 4 and out["evaluations"] == 4
+    rows, _, model = phase({"prompt_init": "bad start"})
+    assert model.evaluations == 3 and not any(r.get("projection") for r in rows)
+
+
+AUTHORS_LIKE = [{"steps": 2}, {"steps": 2, "screen": 2}, {"steps": 2, "screen": 2}, {"steps": 2}]
+
+
+def one_chain(tmp_path, llm: LLM, scores: str) -> LLMSearch:
+    return LLMSearch(llm, "toy task", ["bad start"], metric="val_acc", mode="max", population=1, elites=1,
+                     schedule=AUTHORS_LIKE, reuse_start_score=True, mentor_scores=scores, log_dir=str(tmp_path))
+
+
+def test_mentor_scores_text_shows_each_text_with_its_own_score_and_never_a_vectors_score(tmp_path):
+    llm = Scripted(["junk", "xq zz", "qq qq", "zz xq", "qq xq"])
+    search = one_chain(tmp_path / "text", llm, "text")
+    rows = drive(search)
+    projections = [r for r in rows if r.get("projection")]
+    # the phases before the two rounds project; the last two feed no round
+    assert [r["config"]["generation"] for r in projections] == [0, 1]
+    assert all(r["config"].get("project_best") for r in rows if r["config"]["generation"] < 2)
+    assert not any(r["config"].get("project_best") for r in rows if r["config"]["generation"] >= 2)
+    second = llm.meta_prompts[1]
+    vector_rows = [r for r in rows if not r.get("screen") and r["step"] > 0]
+    for r in projections + [r for r in rows if r.get("screen") and not r.get("projection")
+                            and r["config"]["generation"] == 1]:
+        assert f"\"{r['prompt_text']}\" loss {r['loss']:.3f}, val_acc {r['val_acc']:.3f}" in second
+    for r in vector_rows:  # the vectors' own scores are never shown next to their projection
+        assert f"loss {r['loss']:.3f}, val_acc {r['val_acc']:.3f}" not in second
+    assert "\"bad start\"" in second and "step " not in second
+    # the projections are evaluations: 2 more than the same search shown vector scores
+    plain_llm = Scripted(["junk", "xq zz", "qq qq", "zz xq", "qq xq"])
+    plain = one_chain(tmp_path / "vectors", plain_llm, "vectors")
+    plain_rows = drive(plain)
+
+    def spent(rs):
+        return sum(max(r["evaluations"] for r in rs if r["trial_id"] == t) for t in {r["trial_id"] for r in rs})
+
+    assert spent(rows) == spent(plain_rows) + 2
+    assert any(f"loss {r['loss']:.3f}, val_acc {r['val_acc']:.3f}" in plain_llm.meta_prompts[1]
+               for r in plain_rows if not r.get("screen") and r["step"] > 0)
+    with pytest.raises(ValueError, match="mentor_scores"):
+        one_chain(tmp_path, llm, "both")

@@ -32,6 +32,11 @@ Screened starts (the searcher sets these keys; see ``LLMSearch(screen=...)``):
 - ``reuse_start_score``: a phase that resumes from a vectors file saved with its validation score, on the same
   validation examples, takes that score as its step-0 evaluation instead of computing it again (reported with
   ``reused: True``; it costs no forward pass).
+- ``project_best``: after its last step the phase evaluates the projection of its best vectors *as text*
+  (the nearest tokens, embedded again) and reports it as one result with ``screen: True, projection: True``
+  just before its final result: the text's own score, which the vectors' score usually overstates, for a
+  mentor that is shown texts with what they score as text (``LLMSearch(mentor_scores="text")``). One
+  evaluation, counted in ``evaluations``.
 
 Every result carries ``evaluations``: the forward evaluations this phase has computed so far (reused scores
 excluded), so that a budget can be counted from what trials report.
@@ -279,7 +284,7 @@ def run_phase(config: dict, model, train: list, val: list,
                 "elapsed_s": round(time.time() - started, 4)}
 
     def evaluate_and_report(step: int, train_loss: float, scored: tuple[float, float] | None = None,
-                            **extra: Any) -> None:
+                            project: bool = False, **extra: Any) -> None:
         nonlocal best
         flags = start_right if scored is not None else None
         if scored is None:
@@ -303,6 +308,13 @@ def run_phase(config: dict, model, train: list, val: list,
                 save_vectors(every, prompt, model.extra_state(), identity, text=text, val_acc=val_acc, loss=val_loss,
                              val_key=val_key, step=step)
                 metrics["step_vectors_path"] = every
+        if project:
+            # The best vectors' projection scored as text: reported before the final result, which stays the
+            # trial's last (Tune's view of the phase is its vectors, not this text).
+            shown = best["prompt_text"]
+            p_loss, p_acc = evaluate(model.init_vectors(shown).detach().float().to(model.device))
+            report({**base_metrics(p_acc, p_loss, shown, step), "screen": True, "projection": True}, None)
+            metrics["evaluations"] = counted["evaluations"]
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = None
             if in_tune:
@@ -333,7 +345,8 @@ def run_phase(config: dict, model, train: list, val: list,
         optimizer.step()
         running.append(float(loss.detach()))
         if step % eval_every == 0 or step == steps:
-            evaluate_and_report(step, sum(running) / len(running))
+            last = step == steps and bool(config.get("project_best"))
+            evaluate_and_report(step, sum(running) / len(running), project=last)
             running = []
     return {**(best or {}), "vectors_path": vectors_path, "evaluations": counted["evaluations"]}
 

@@ -1,0 +1,115 @@
+"""Named designs of ``LLMSearch``, each at the budget of gradient descent alone.
+
+The budget of ``P`` gradient chains run for ``G`` generations of ``K`` steps, evaluated every ``E`` steps and
+at their start: ``G*P*K`` gradient steps and ``G*P*(K/E + 1)`` forward evaluations of the validation split
+(``budget``). Every preset below spends exactly that, counted the way trials report it (a reused start score
+costs nothing; a screened candidate and a projection scored as text cost one evaluation each), so that a
+preset can be compared with gradient descent alone, and with its own no-LLM twin (``proposals="perturb"``),
+at equal budget. ``examples/RESULTS.md`` has what each one measured.
+
+| preset | what it does | measured (issue #9, 4 tasks, 5 seeds) |
+|---|---|---|
+| ``"chains-paired"`` (``DEFAULT``) | every chain continues; generation 0 scores the seed prompts as text; one LLM round gives each chain ``G-1`` candidates, and a candidate replaces a chain only if it wins a paired sign test on the validation examples where the two disagree; start scores are reused | +0.2 points vs gradient only; a garbage mentor costs ~nothing |
+| ``"chains-screened"`` | the same, a candidate wins on any gain | −0.9 |
+| ``"late-mix"`` | every chain descends one generation, then screens ``G-1`` warm candidates ``(chain + text) / 2`` | −0.5 |
+| ``"authors"`` | the MaaO authors' regime: one chain, 3 short phases each followed by an LLM round whose candidates are screened against the chain, then one long descent | see RESULTS.md |
+| ``"restarts"`` | the first design: 1 elite continues, the LLM's texts restart the other ``P-1`` phases each generation | −2.8 (3 tasks, 3 seeds) |
+
+Example:
+    >>> from ray_llm_search import presets
+    >>> kw = presets.preset("chains-paired", population=4, generations=3, steps=8, eval_every=4)
+    >>> kw["elites"], [g["steps"] for g in kw["schedule"]]
+    (4, [0, 8, 8, 8])
+"""
+
+from __future__ import annotations
+
+DEFAULT = "chains-paired"
+AUTHORS_ROUNDS = 3
+PRESETS = ("chains-paired", "chains-screened", "late-mix", "authors", "authors-faithful", "restarts")
+
+
+def budget(population: int, generations: int, steps: int, eval_every: int) -> dict:
+    """Gradient steps and evaluations of ``population`` chains for ``generations`` phases of ``steps`` steps,
+    each evaluated at its start and every ``eval_every`` steps."""
+    for name, value in (("population", population), ("generations", generations), ("steps", steps),
+                        ("eval_every", eval_every)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    if steps % eval_every:
+        raise ValueError(f"steps ({steps}) must be a multiple of eval_every ({eval_every})")
+    per_phase = steps // eval_every + 1
+    return {"generations": generations, "population": population, "steps_per_phase": steps,
+            "eval_every": eval_every, "evals_per_phase": per_phase, "gradient_steps": generations * population * steps,
+            "evaluations": generations * population * per_phase, "llm_calls": generations - 1}
+
+
+def chains_schedule(generations: int, steps: int, when: str = "early") -> list[dict]:
+    """Every chain continuing (its start score reused, not recomputed), one generation screening ``G - 1``
+    candidates per chain: that spends the ``P * (G - 1)`` evaluations that gradient chains use to evaluate
+    the starts they resume from again.
+
+    ``"early"``: generation 0 evaluates the seed prompts as text (``P`` evaluations), then ``G`` generations
+    of ``K`` steps, the first of them screening. ``"late"``: ``G`` generations of ``K`` steps, the second
+    screening (the chains have descended for ``K`` steps when candidates are scored against them)."""
+    if when not in ("early", "late"):
+        raise ValueError(f"when must be 'early' or 'late', got {when!r}")
+    screen = generations - 1
+    if when == "late":
+        gens = [{"steps": steps} for _ in range(generations)]
+        if generations > 1:
+            gens[1]["screen"] = screen
+        return gens
+    first = {"steps": steps, "screen": screen} if generations > 1 else {"steps": steps}
+    return [{"steps": 0}, first] + [{"steps": steps} for _ in range(generations - 1)]
+
+
+def authors_schedule(population: int, generations: int, steps: int, eval_every: int,
+                     faithful: bool = False) -> list[dict]:
+    """The MaaO authors' regime at the budget of ``budget(...)``: one chain; LLM rounds after each of the first
+    ``3`` short phases (``steps`` steps, evaluated at their end), each screening ``S`` candidates as text
+    against the chain (the authors take the LLM's first prompt blindly; here it must beat the chain); then
+    one long descent with the remaining steps, evaluated every ``eval_every``. ``S`` is what spends the
+    evaluations exactly; raises ``ValueError`` where no whole ``S >= 1`` does. ``faithful``: the phases before
+    each round also evaluate their best vectors' projection as text (``mentor_scores="text"``), one evaluation
+    each, taken from ``S``."""
+    b = budget(population, generations, steps, eval_every)
+    rounds, short = AUTHORS_ROUNDS, steps
+    final = b["gradient_steps"] - (rounds + 1) * short
+    if final <= 0 or final % eval_every:
+        raise ValueError(f"the authors' arm needs {rounds + 1} phases of --steps {short} and a final one with the "
+                         f"rest of {b['gradient_steps']} steps, a positive multiple of --eval-every {eval_every}")
+    # evaluations: 2 in generation 0 (start, end), S + 1 per round (the chain's start score is reused), and
+    # final / eval_every in the long descent
+    left = b["evaluations"] - 2 - final // eval_every - (rounds if faithful else 0)
+    if left % rounds or left // rounds < 2:
+        raise ValueError(f"the authors' arm cannot spend exactly {b['evaluations']} evaluations with {rounds} "
+                         f"rounds at this budget ({b}); change --generations, --population or --steps")
+    screen = left // rounds - 1
+    return ([{"steps": short, "eval_every": short}]
+            + [{"steps": short, "eval_every": short, "screen": screen} for _ in range(rounds)]
+            + [{"steps": final, "eval_every": eval_every}])
+
+
+def preset(name: str = DEFAULT, *, population: int = 4, generations: int = 3, steps: int, eval_every: int) -> dict:
+    """``LLMSearch`` keyword arguments for the named design at the budget of ``population`` gradient chains run
+    for ``generations`` phases of ``steps`` steps evaluated every ``eval_every`` (the trial config's values).
+
+    ``"seed_prompts"`` in the result, where present, is how many of the seed prompts the design starts from
+    (the authors' regime: 1)."""
+    if name not in PRESETS:
+        raise ValueError(f"preset must be one of {PRESETS}, got {name!r}")
+    budget(population, generations, steps, eval_every)  # checks the numbers
+    if name in ("chains-paired", "chains-screened"):
+        return {"population": population, "elites": population, "schedule": chains_schedule(generations, steps),
+                "reuse_start_score": True, "screen_test": "paired" if name == "chains-paired" else "gain"}
+    if name == "late-mix":
+        return {"population": population, "elites": population,
+                "schedule": chains_schedule(generations, steps, "late"), "reuse_start_score": True,
+                "candidate_start": "mix"}
+    if name in ("authors", "authors-faithful"):
+        faithful = name == "authors-faithful"
+        return {"population": 1, "elites": 1, "seed_prompts": 1, "reuse_start_score": True,
+                "schedule": authors_schedule(population, generations, steps, eval_every, faithful),
+                "mentor_scores": "text" if faithful else "vectors"}
+    return {"population": population, "generations": generations, "elites": 1}
