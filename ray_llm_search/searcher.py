@@ -963,7 +963,13 @@ class LLMSearch(Searcher):
         seeds = [Trajectory(f"seed{i}", 0, "seed", text, evaluations=[Evaluation(0, text, 0.0, 0.0)])
                  for i, text in enumerate(self.seed_prompts)]
         style = self.meta_prompt_style
-        example = self.mentor.build(seeds[: self.top_k], rounds[0] if rounds else 1, style)
+        faithful = self.mentor_scores == "text"
+        shown = max(self.top_k, 12)  # texts a text-scored meta-prompt lists (_start_round)
+        if faithful:
+            example = self.mentor.build_scored([t.evaluations[0] for t in seeds][:shown], rounds[0] if rounds else 1,
+                                               style)
+        else:
+            example = self.mentor.build(seeds[: self.top_k], rounds[0] if rounds else 1, style)
 
         def long(i: int, s: int) -> str:  # distinct texts (the mentor shows a text once), clipped at 160
             return f"{i:03d} {s:03d} " + "w" * 152
@@ -974,7 +980,12 @@ class LLMSearch(Searcher):
                   for i in range(self.top_k)]
         calls_per_ask = 1 + int(getattr(self.llm, "retries", 0) or 0)
         asks = len(rounds) * (1 + self.llm_reasks)
-        prompt_bound = max((len(self.mentor.build(widest, n, style).encode("utf-8")) + 64 for n in rounds), default=0)
+        def meta(n: int) -> str:
+            if faithful:
+                return self.mentor.build_scored([Evaluation(0, long(i, 0), -1e9, -1e9) for i in range(shown)], n, style)
+            return self.mentor.build(widest, n, style)
+
+        prompt_bound = max((len(meta(n).encode("utf-8")) + 64 for n in rounds), default=0)
         completion = [self._completion_cap(n) for n in rounds]
         max_calls = asks * calls_per_ask
         out = {"rounds": len(rounds), "candidates_per_round": rounds, "max_calls": max_calls,

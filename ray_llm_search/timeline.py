@@ -16,7 +16,8 @@ import statistics
 from collections import defaultdict
 
 
-def worker_timeline(results: list[dict], wall_s: float, workers: int, phase_compute_s: float | None = None) -> dict:
+def worker_timeline(results: list[dict], wall_s: float, workers: int, phase_compute_s: float | None = None,
+                    compute_s: float | None = None) -> dict:
     """Summary of a run's worker time from each trial's last result.
 
     Args:
@@ -26,6 +27,8 @@ def worker_timeline(results: list[dict], wall_s: float, workers: int, phase_comp
         workers: trials that could run at once (the CPUs given to trials / CPUs per trial).
         phase_compute_s: the same phase timed in one process, without Tune, if measured; gives ``ideal_s``
             (``phase_compute_s * trials / workers``) and ``wall_over_ideal``.
+        compute_s: every trial's compute together, timed the same way, where phases differ (e.g. some score
+            text without a step); gives ``ideal_s = compute_s / workers`` instead.
 
     Returns a dict: ``trials``, ``untimed``, ``processes`` (distinct worker processes), ``phase_s`` (sum of
     the phases' own spans), ``utilisation`` (``phase_s / (wall_s * workers)``), ``setup_fresh_s`` and
@@ -63,8 +66,10 @@ def worker_timeline(results: list[dict], wall_s: float, workers: int, phase_comp
         "first_step_warm_s": {"median": _median(first_warm), "max": round(max(first_warm), 3) if first_warm else None},
         "gap_s": {"median": _median(gaps), "max": round(max(gaps), 3) if gaps else None, "total": round(sum(gaps), 2)},
     }
-    if phase_compute_s is not None and phase_compute_s > 0 and timed:
-        ideal = phase_compute_s * len(timed) / max(workers, 1)
+    total = compute_s if compute_s is not None else (
+        phase_compute_s * len(timed) if phase_compute_s is not None else None)
+    if total is not None and total > 0 and timed:
+        ideal = total / max(workers, 1)
         out["ideal_s"] = round(ideal, 2)
         out["wall_over_ideal"] = round(wall_s / ideal, 3)
     return out

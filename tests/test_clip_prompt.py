@@ -435,6 +435,25 @@ def test_phase_reports_contract_keys_saves_and_resumes(config, tmp_path):
         load_vectors(path, other.identity())
 
 
+def test_a_clip_phase_screens_with_the_paired_test_and_scores_its_projection(config):
+    """The default design (chains-paired) needs per-example results; mentor_scores="text" a projection."""
+    reports: list[dict] = []
+    cp.run_clip_phase({**config, "prompt_candidates": ["a photo of a", "zebra zebra"], "screen_test": "paired",
+                       "project_best": True}, report=lambda m, c: reports.append(dict(m)))
+    screens = [r for r in reports if r.get("screen") and not r.get("projection")]
+    start = next(r for r in reports if r["step"] == 0 and not r.get("screen"))
+    assert len(screens) + str(start["start"]).startswith("candidate") == 2
+    projection = reports[-2]
+    assert projection["projection"] and reports[-1]["step"] == config["steps"] and not reports[-1].get("screen")
+    backbone = cp.load_clip("coop-tiny", None, cp.TINY_MODEL_CONFIG, device="cpu")
+    model = cp.build_model(cp.clip_config(config), backbone, cp.dataset_for(config["data"]))
+    model.attach_features(cp.prepare_features(config))
+    val = model.examples("val")
+    loss, acc, right = model.evaluate_each(model.init_vectors("a photo of a"), val)
+    assert (loss, acc) == pytest.approx(model.evaluate(model.init_vectors("a photo of a"), val))
+    assert len(right) == len(val) and sum(right) == round(acc * len(val))
+
+
 def test_same_phase_seed_same_phase(config):
     runs = []
     for _ in range(2):

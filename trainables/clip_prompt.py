@@ -695,16 +695,21 @@ class ClipPromptModel(torch.nn.Module):
 
     @torch.no_grad()
     def evaluate(self, vectors: torch.Tensor, examples: list[CachedImage], batch_size: int = 8192) -> tuple[float, float]:
+        return self.evaluate_each(vectors, examples, batch_size)[:2]
+
+    def evaluate_each(self, vectors: torch.Tensor, examples: list[CachedImage],
+                      batch_size: int = 8192) -> tuple[float, float, list[bool]]:
+        """Mean loss, accuracy and per-image correctness (for ``screen_test="paired"``)."""
         if not examples:
             raise ValueError("evaluate needs at least one example")
         text = self.text_features(vectors)
-        total_loss, correct = 0.0, 0
+        total_loss, right = 0.0, []
         for i in range(0, len(examples), batch_size):
             images, labels = self._image_features(examples[i : i + batch_size], random_view=False)
             logits = self.logit_scale * images @ text.T
             total_loss += float(F.cross_entropy(logits, labels, reduction="sum"))
-            correct += int((logits.argmax(-1) == labels).sum())
-        return total_loss / len(examples), correct / len(examples)
+            right += [bool(x) for x in (logits.argmax(-1) == labels).tolist()]
+        return total_loss / len(examples), sum(right) / len(examples), right
 
 
 def _check_model_args(n_ctx, position, csc, projection, logit_scale, attention) -> None:
