@@ -26,7 +26,7 @@ def normalize(text: str) -> str:
 
 @dataclass
 class Evaluation:
-    """One evaluation reported by a gradient phase (the DESIGN's reported keys)."""
+    """One evaluation reported by a gradient phase (``ray_llm_search.contract.REPORTED_KEYS``)."""
 
     step: int
     text: str

@@ -26,7 +26,7 @@ from typing import Any
 
 from ray.tune.search import Searcher
 
-from ray_llm_search import presets, space, tables
+from ray_llm_search import contract, presets, space, tables
 from ray_llm_search.budget import LLMBudget
 from ray_llm_search.llm.base import LLM, LLMError
 from ray_llm_search.mentor import Mentor, Parsed
@@ -38,12 +38,8 @@ logger = logging.getLogger(__name__)
 _STATE_VERSION = 1
 # First wait before asking again after a reply with no usable prompt; doubles per further ask, at most 30 s.
 REASK_BACKOFF_S = 1.0
-# Keys the searcher adds to each trial's config (DESIGN.md, first contract table).
-CONFIG_KEYS = ("prompt_init", "resume_from", "generation", "origin", "phase_seed", "vector_dir")
-# Keys added only where they apply: a generation's steps from ``schedule``; the screened-start keys of
-# ``trainables.phase`` (``prompt_candidates``, ``candidate_start``, ``mix_alpha``, ``reuse_start_score``).
-OPTIONAL_CONFIG_KEYS = ("steps", "eval_every", "prompt_candidates", "candidate_start", "mix_alpha",
-                        "screen_margin", "screen_test", "reuse_start_score", "project_best")
+# The keys the searcher adds to each trial's config live with the rest of the contract.
+CONFIG_KEYS, OPTIONAL_CONFIG_KEYS = contract.CONFIG_KEYS, contract.OPTIONAL_CONFIG_KEYS
 PROPOSALS = ("llm", "perturb")
 MENTOR_SCORES = ("vectors", "text")
 

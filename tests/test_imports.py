@@ -13,3 +13,76 @@ def test_importing_the_searcher_package_loads_no_torch():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_the_contract_and_the_phase_load_without_ray():
+    """A trainable on a machine with torch alone (the GPU benchmark's image) imports the contract and the
+    phase; the searcher's names still import on first use."""
+    code = ("import sys\n"
+            "class Block:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name == 'ray' or name.startswith('ray.'):\n"
+            "            raise ImportError('no ray on this machine')\n"
+            "sys.meta_path.insert(0, Block())\n"
+            "import trainables.phase, trainables.clip_prompt\n"
+            "from ray_llm_search import contract, presets\n"
+            "assert trainables.phase.TIMING_KEYS == contract.TIMING_KEYS\n"
+            "print('ray' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
+
+
+def test_a_phase_reports_the_contracts_keys_and_the_searcher_adds_only_its_keys(tmp_path):
+    import math
+
+    from ray_llm_search import LLMSearch, contract
+    from ray_llm_search.llm.base import LLM
+    from trainables.phase import run_phase
+
+    class Words(LLM):
+        style = "completion"
+
+        def propose(self, meta_prompt, n):
+            return ["good words here"] * n
+
+    class Model:  # the smallest PromptModel: one number per vector
+        import torch as _torch
+        device = _torch.device("cpu")
+
+        def init_vectors(self, text):
+            return self._torch.full((2, 3), float(len(text) % 5))
+
+        def project(self, vectors):
+            return f"p{float(vectors.sum()):.2f}"
+
+        def loss(self, vectors, batch):
+            return (vectors ** 2).sum()
+
+        def evaluate(self, vectors, examples):
+            value = float((vectors ** 2).sum())
+            return value, 1.0 / (1.0 + value)
+
+        def extra_parameters(self):
+            return []
+
+        def extra_state(self):
+            return {}
+
+        def load_extra_state(self, state):
+            pass
+
+        def identity(self):
+            return {"model": "tiny"}
+
+    assert isinstance(Model(), contract.PromptModel)
+    search = LLMSearch(Words(), "t", ["a b", "c d"], metric="val_acc", mode="max", population=2, generations=1,
+                       log_dir=str(tmp_path))
+    config = search.suggest("t0")
+    assert set(contract.CONFIG_KEYS) <= set(config) <= set(contract.CONFIG_KEYS) | set(contract.OPTIONAL_CONFIG_KEYS)
+    rows = []
+    run_phase({**config, "steps": 2, "eval_every": 1}, Model(), [("x", 0)], [("y", 0)],
+              report=lambda m, c: rows.append(m))
+    for r in rows:
+        assert set(contract.REPORTED_KEYS) <= set(r) and "val_acc" in r and math.isfinite(r["loss"])
+        assert set(r) <= {"val_acc", *contract.REPORTED_KEYS, *contract.PHASE_KEYS, *contract.TIMING_KEYS}

@@ -163,7 +163,7 @@ class Scripted(LLM):
         return ["\n".join(self.lines)]
 
 
-def drive(search: LLMSearch, max_wait_s: float = 30.0) -> list[dict]:
+def drive(search: LLMSearch, max_wait_s: float = 30.0, base: dict | None = None, model=None) -> list[dict]:
     """Run a search in this process, trial after trial, as Tune would feed it; returns every reported row."""
     rows: list[dict] = []
     count, deadline = 0, time.monotonic() + max_wait_s
@@ -184,7 +184,8 @@ def drive(search: LLMSearch, max_wait_s: float = 30.0) -> list[dict]:
             rows.append({**metrics, "trial_id": trial_id, "config": config})
             search.on_trial_result(trial_id, dict(metrics))
 
-        run_phase({"eval_every": 1, "lr": 0.02, **config, "trial_id": trial_id}, Toy(), TRAIN, VAL, report=report)
+        run_phase({"eval_every": 1, "lr": 0.02, **(base or {}), **config, "trial_id": trial_id}, (model or Toy)(),
+                  TRAIN, VAL, report=report)
         search.on_trial_complete(trial_id, dict(last))
 
 
@@ -445,3 +446,50 @@ def test_mentor_scores_text_shows_each_text_with_its_own_score_and_never_a_vecto
                for r in plain_rows if not r.get("screen") and r["step"] > 0)
     with pytest.raises(ValueError, match="mentor_scores"):
         one_chain(tmp_path, llm, "both")
+
+
+# -- presets: named designs at the budget of gradient chains ------------------------------------------------------
+
+
+class ToyEach(Toy):
+    """The toy with per-example results (the first ``acc * n`` examples right), for the paired test."""
+
+    def evaluate_each(self, vectors: torch.Tensor, examples: list) -> tuple[float, float, list[bool]]:
+        loss, acc = self.evaluate(vectors, examples)
+        k = round(acc * len(examples))
+        return loss, acc, [i < k for i in range(len(examples))]
+
+
+@pytest.mark.parametrize("name", ["chains-paired", "chains-screened", "late-mix", "authors", "authors-faithful",
+                                  "restarts"])
+def test_every_preset_spends_the_budget_of_gradient_chains(tmp_path, name):
+    from ray_llm_search import presets
+
+    base = {"steps": 2, "eval_every": 1}
+    want = presets.budget(population=2, generations=3, steps=2, eval_every=1)
+    llm = Scripted(["junk", "xq zz", "qq qq", "zz xq", "qq xq", "xx yy", "yy zz"])
+    search = LLMSearch.from_preset(llm, "toy task", ["bad start", "junk words"], name, steps=2, eval_every=1,
+                                   population=2, generations=3, metric="val_acc", mode="max",
+                                   log_dir=str(tmp_path))
+    assert search.preset == name
+    rows = drive(search, base=base, model=ToyEach)
+    trials = {r["trial_id"] for r in rows}
+    steps = sum(max(r["step"] for r in rows if r["trial_id"] == t) for t in trials)
+    evaluations = sum(max(r["evaluations"] for r in rows if r["trial_id"] == t) for t in trials)
+    assert (steps, evaluations) == (want["gradient_steps"], want["evaluations"]) == (12, 18)
+    assert len(trials) == search.total_trials
+    if name.startswith("authors"):
+        assert {r["config"]["prompt_init"] for r in rows if r["config"]["generation"] == 0} == {"bad start"}
+
+
+def test_preset_names_and_numbers_are_checked():
+    from ray_llm_search import presets
+
+    with pytest.raises(ValueError, match="preset must be one of"):
+        presets.preset("best", steps=8, eval_every=4)
+    with pytest.raises(ValueError, match="multiple of eval_every"):
+        presets.preset("chains-paired", steps=8, eval_every=3)
+    with pytest.raises(ValueError, match="authors' arm needs"):
+        presets.preset("authors", population=1, generations=1, steps=8, eval_every=4)
+    kw = presets.preset(steps=8, eval_every=4)
+    assert presets.DEFAULT == "chains-paired" and kw["screen_test"] == "paired" and kw["elites"] == 4

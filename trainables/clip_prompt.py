@@ -16,7 +16,7 @@ What makes it fast (numbers and how to measure them: ``examples/bench_coop_speed
 - Attention runs through ``scaled_dot_product_attention`` with ``is_causal=True`` (flash / memory-efficient
   kernels) instead of ``nn.MultiheadAttention`` with a float mask; bf16 autocast on GPU.
 
-Config keys (besides the DESIGN contract keys and the phase keys of ``trainables.phase``):
+Config keys (besides the contract keys of ``ray_llm_search.contract`` and the phase keys of ``trainables.phase``):
 
 | key | default | meaning |
 |---|---|---|

@@ -57,6 +57,8 @@ from typing import Any
 
 import torch
 
+from ray_llm_search import contract
+
 logger = logging.getLogger(__name__)
 
 PHASE_DEFAULTS = {
@@ -73,7 +75,7 @@ PHASE_DEFAULTS = {
 }
 SCREEN_TESTS = ("gain", "paired")
 # Keys of every result that time the phase (wall-clock: they differ between two runs of the same phase).
-TIMING_KEYS = ("started_at", "setup_s", "first_step_s", "elapsed_s")
+TIMING_KEYS = contract.TIMING_KEYS
 # One-sided level of the paired test, shared (Bonferroni) among the candidates a phase screens.
 PAIRED_ALPHA = 0.05
 VECTORS_FORMAT = 1

@@ -7,7 +7,7 @@ prepended when the tokenizer adds none. The pooled hidden state is classified by
   parameters besides the prompt; works zero-shot from a good text prompt), or
 - ``head="linear"``: a linear layer trained with the prompt (the MaaO authors' LM setting).
 
-Config keys (besides the DESIGN contract keys and the phase keys of ``trainables.phase``):
+Config keys (besides the contract keys of ``ray_llm_search.contract`` and the phase keys of ``trainables.phase``):
 
 | key | default | meaning |
 |---|---|---|

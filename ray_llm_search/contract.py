@@ -1,0 +1,59 @@
+"""The contract between the searcher and a trainable, in code: both sides import it (ARCHITECTURE.md,
+"Contracts"). It imports no torch; tensors are typed as ``Any``.
+
+- ``CONFIG_KEYS``: what ``LLMSearch`` adds to every trial's config; ``OPTIONAL_CONFIG_KEYS`` where they apply
+  (a generation's own phase length, screening, reused start scores, a projection scored as text).
+- ``REPORTED_KEYS``: what a phase reports at each evaluation (the searcher's metric under its own name, e.g.
+  ``val_acc``, besides these); ``PHASE_KEYS`` and ``TIMING_KEYS``: what ``trainables.phase.run_phase`` adds.
+- ``PromptModel``: what ``run_phase`` drives, for a trainable of your own.
+
+Example:
+    >>> from ray_llm_search.contract import CONFIG_KEYS, REPORTED_KEYS
+    >>> "prompt_init" in CONFIG_KEYS and "prompt_text" in REPORTED_KEYS
+    True
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+# Keys the searcher adds to each trial's config, always.
+CONFIG_KEYS = ("prompt_init", "resume_from", "generation", "origin", "phase_seed", "vector_dir")
+# Keys added only where they apply: a generation's steps from ``schedule``; the screened-start keys of
+# ``trainables.phase``; ``project_best`` for a mentor shown text scores.
+OPTIONAL_CONFIG_KEYS = ("steps", "eval_every", "prompt_candidates", "candidate_start", "mix_alpha",
+                        "screen_margin", "screen_test", "reuse_start_score", "project_best")
+# Keys a phase reports at each evaluation, besides the metric itself (``vectors_path`` is optional: without
+# it an elite restarts from its projected text).
+REPORTED_KEYS = ("loss", "prompt_text", "step")
+# What run_phase reports besides: forward evaluations computed (for budgets), where a screened or projected
+# text's row is (``screen``, ``screen_index``, ``projection``), how the phase started.
+PHASE_KEYS = ("evaluations", "generation", "origin", "screen", "screen_index", "projection", "start", "start_text",
+              "reused", "best_val_acc", "train_loss", "torch_threads", "vectors_path")
+# Wall-clock keys of every result (they differ between two runs of the same phase).
+TIMING_KEYS = ("started_at", "setup_s", "first_step_s", "elapsed_s")
+
+
+@runtime_checkable
+class PromptModel(Protocol):
+    """What ``trainables.phase.run_phase`` drives. Optional, found with ``getattr``: ``evaluate_each(vectors,
+    examples) -> (loss, accuracy, [right per example])`` (for ``screen_test="paired"``) and ``lr_at(base_lr,
+    step) -> float`` (a learning-rate schedule that depends on the step alone)."""
+
+    device: Any
+
+    def init_vectors(self, text: str) -> Any: ...  # Tensor[L, D]
+
+    def project(self, vectors: Any) -> str: ...
+
+    def loss(self, vectors: Any, batch: list) -> Any: ...  # a scalar Tensor
+
+    def evaluate(self, vectors: Any, examples: list) -> tuple[float, float]: ...  # (loss, accuracy)
+
+    def extra_parameters(self) -> list: ...
+
+    def extra_state(self) -> dict: ...
+
+    def load_extra_state(self, state: dict) -> None: ...
+
+    def identity(self) -> dict: ...
