@@ -346,3 +346,27 @@ def test_tiny_run_spends_equal_budgets_shares_seeds_and_writes_table_and_plot(tm
     assert list((out / "tensorboard" / "sst2").iterdir())
     pytest.importorskip("matplotlib")
     assert (out / "curves_sst2.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_the_selection_study_scores_each_rules_choice_on_test(tmp_path, capsys):
+    from ray_llm_search import selection
+    from trainables.text_prompt import evaluate_prompt
+
+    out = tmp_path / "out"
+    argv = ["--datasets", "sst2", "--seeds", "3", "--generations", "2", "--population", "2", "--steps", "2",
+            "--eval-every", "1", "--shots", "2", "--val-shots", "2", "--test-size", "10", "--max-length", "32",
+            "--backend", "inline", "--out", str(out), "--storage", str(tmp_path / "storage"),
+            "--data-root", str(SHARED_DATA), "--keep-vectors", "--arms", "gradient", "screened-perturb-paired"]
+    result = compare.main(argv, llm_factory=lambda args, seed: ScriptedLLM())
+    study = selection.main(["--out", str(out), "--rules", "acc", "loss"])
+    runs = {r["arm"]: r for r in result["results"]["runs"]}
+    for arm, run in runs.items():
+        # by accuracy: the arm's own reported choice; by loss: the lowest-loss evaluation's saved vectors
+        assert study["table"][("sst2", arm, "acc", 3)] == run["test_acc"]
+        lowest = min((e for e in run["evaluations"] if not e["screen"]), key=lambda e: (e["loss"], -e["val_acc"]))
+        config = compare.base_config(compare.parse_args(argv), "sst2", 3)
+        assert study["table"][("sst2", arm, "loss", 3)] == evaluate_prompt(
+            config, vectors_path=lowest["step_vectors_path"])["acc"]
+    assert study["summary"][("sst2", "gradient", "loss", "same")] == [0.0]
+    assert "minus gradient only by the same rule" in capsys.readouterr().out
