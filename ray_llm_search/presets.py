@@ -69,8 +69,9 @@ def authors_schedule(population: int, generations: int, steps: int, eval_every: 
     """The MaaO authors' regime at the budget of ``budget(...)``: one chain; LLM rounds after each of the first
     ``3`` short phases (``steps`` steps, evaluated at their end), each screening ``S`` candidates as text
     against the chain (the authors take the LLM's first prompt blindly; here it must beat the chain); then
-    one long descent with the remaining steps, evaluated every ``eval_every``. ``S`` is what spends the
-    evaluations exactly; raises ``ValueError`` where no whole ``S >= 1`` does. ``faithful``: the phases before
+    one long descent with the remaining steps, evaluated every ``eval_every``. The rounds' ``S`` spend the
+    evaluations exactly (earlier rounds one more where they do not divide); raises ``ValueError`` where a
+    round would screen none. ``faithful``: the phases before
     each round also evaluate their best vectors' projection as text (``mentor_scores="text"``), one evaluation
     each, taken from ``S``."""
     b = budget(population, generations, steps, eval_every)
@@ -80,14 +81,15 @@ def authors_schedule(population: int, generations: int, steps: int, eval_every: 
         raise ValueError(f"the authors' arm needs {rounds + 1} phases of --steps {short} and a final one with the "
                          f"rest of {b['gradient_steps']} steps, a positive multiple of --eval-every {eval_every}")
     # evaluations: 2 in generation 0 (start, end), S + 1 per round (the chain's start score is reused), and
-    # final / eval_every in the long descent
-    left = b["evaluations"] - 2 - final // eval_every - (rounds if faithful else 0)
-    if left % rounds or left // rounds < 2:
-        raise ValueError(f"the authors' arm cannot spend exactly {b['evaluations']} evaluations with {rounds} "
-                         f"rounds at this budget ({b}); change --generations, --population or --steps")
-    screen = left // rounds - 1
+    # final / eval_every in the long descent; the rounds share what is left, the earlier ones taking one more
+    screens = b["evaluations"] - 2 - final // eval_every - (rounds if faithful else 0) - rounds
+    if screens < rounds:
+        raise ValueError(f"the authors' arm cannot spend {b['evaluations']} evaluations with {rounds} rounds of at "
+                         f"least one screened candidate at this budget ({b}); change --generations, --population "
+                         "or --steps")
+    per_round = [screens // rounds + (1 if i < screens % rounds else 0) for i in range(rounds)]
     return ([{"steps": short, "eval_every": short}]
-            + [{"steps": short, "eval_every": short, "screen": screen} for _ in range(rounds)]
+            + [{"steps": short, "eval_every": short, "screen": s} for s in per_round]
             + [{"steps": final, "eval_every": eval_every}])
 
 

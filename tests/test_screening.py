@@ -491,5 +491,10 @@ def test_preset_names_and_numbers_are_checked():
         presets.preset("chains-paired", steps=8, eval_every=3)
     with pytest.raises(ValueError, match="authors' arm needs"):
         presets.preset("authors", population=1, generations=1, steps=8, eval_every=4)
+    # rounds share what the budget leaves, the earlier ones one more: the quickstart's budget
+    uneven = presets.authors_schedule(population=4, generations=3, steps=12, eval_every=4)
+    assert [g.get("screen") for g in uneven] == [None, 7, 6, 6, None]
+    assert 2 + sum(g["screen"] + 1 for g in uneven[1:4]) + uneven[4]["steps"] // 4 == 48 == presets.budget(
+        4, 3, 12, 4)["evaluations"]
     kw = presets.preset(steps=8, eval_every=4)
     assert presets.DEFAULT == "chains-paired" and kw["screen_test"] == "paired" and kw["elites"] == 4
