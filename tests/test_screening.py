@@ -497,4 +497,6 @@ def test_preset_names_and_numbers_are_checked():
     assert 2 + sum(g["screen"] + 1 for g in uneven[1:4]) + uneven[4]["steps"] // 4 == 48 == presets.budget(
         4, 3, 12, 4)["evaluations"]
     kw = presets.preset(steps=8, eval_every=4)
-    assert presets.DEFAULT == "chains-paired" and kw["screen_test"] == "paired" and kw["elites"] == 4
+    assert presets.DEFAULT == "authors" and kw["population"] == kw["elites"] == 1 and kw["seed_prompts"] == 1
+    paired = presets.preset("chains-paired", steps=8, eval_every=4)
+    assert paired["screen_test"] == "paired" and paired["elites"] == 4
