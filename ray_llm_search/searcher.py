@@ -771,21 +771,20 @@ class LLMSearch(Searcher):
         """Every text evaluated as text so far, best first, each once (its first evaluation): the step-0
         evaluation of each phase that started from text (a seed, a new start, an adopted text candidate), and
         every screened candidate and projection (``mentor_scores="text"``). Non-finite scores are left out."""
-        found: list[tuple[int, Evaluation]] = []
+        found: list[Evaluation] = []
         for trajectory in self._pool.trajectories.values():
             first = trajectory.evaluations[0] if trajectory.evaluations else None
             if first is None or first.step != 0:
                 continue
             if trajectory.adopted and self.candidate_start == "text":
-                found.append((trajectory.generation, Evaluation(0, trajectory.adopted, first.loss, first.metric)))
+                found.append(Evaluation(0, trajectory.adopted, first.loss, first.metric))
             elif not trajectory.resume_from and not trajectory.adopted:
-                found.append((trajectory.generation, Evaluation(0, trajectory.prompt_init, first.loss, first.metric)))
-        for generation, entries in self._screened.items():
-            for entry in entries:
-                found.append((generation, Evaluation(0, entry["text"], entry["loss"], entry["metric"])))
+                found.append(Evaluation(0, trajectory.prompt_init, first.loss, first.metric))
+        for entries in self._screened.values():
+            found += [Evaluation(0, entry["text"], entry["loss"], entry["metric"]) for entry in entries]
         sign = -1.0 if self._mode != "min" else 1.0
         unique: dict[str, Evaluation] = {}
-        for _, e in found:
+        for e in found:
             key = normalize(e.text)
             if key and key not in unique and math.isfinite(e.metric):
                 unique[key] = e
