@@ -99,25 +99,15 @@ class Mentor:
 
         A trajectory without a usable (non-NaN) evaluation has nothing to show and is left out.
         """
-        if style not in STYLES:
-            raise ValueError(f"style must be one of {STYLES}, got {style!r}")
-        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
-            raise ValueError(f"n must be an integer >= 1, got {n!r}")
+        self._check(n, style)
         shown = [t for t in reversed(trajectories) if t.best(self.mode) is not None]
         if style == "completion":
-            return self._build_completion(shown)
-        better = "higher is better" if self.mode == "max" else "lower is better"
-        scores = self.metric if self.metric == "loss" else f"validation loss and {self.metric}"
-        lines = [
-            "You are an expert at writing prompts for a classifier.",
-            f"Task: {self.task_description.strip()}",
-            "",
+            return self._completion(self._completion_entries(shown))
+        lines = self._chat_head(
             "Each prompt below was the starting point of a gradient-descent phase that tuned it as continuous "
             "vectors. At each evaluation the vectors were mapped back to their nearest words, giving the "
-            f"text shown with its {scores} ({better}). "
-            "Trajectories are ordered from worst to best.",
-            "",
-        ]
+            f"text shown with its {self._score_names()}. "
+            "Trajectories are ordered from worst to best.")
         for i, trajectory in enumerate(shown, 1):
             best = trajectory.best(self.mode)
             lines.append(f"Trajectory {i} (best {self.metric} {best.metric:.3f}), started from "
@@ -125,52 +115,47 @@ class Mentor:
             for e in self._points(trajectory):
                 lines.append(f"  step {e.step}: \"{_clip(e.text)}\" {self._scores(e)}")
             lines.append("")
-        lines += [
-            f"Write {n} new prompts for this task that you expect to score better than all of the above. "
-            "Learn from which words helped. Each must differ from every prompt above and have at most "
-            f"{self.max_words} words.",
-            f"Reply with the {n} prompts only, one per line, numbered 1 to {n}, without any other text.",
-        ]
-        return "\n".join(lines)
+        return "\n".join(lines + self._chat_request(n))
 
     def build_scored(self, evaluated: list, n: int, style: str = "chat") -> str:
         """Meta-prompt asking for ``n`` prompts from texts scored *as text* (``Evaluation``s with ``text``,
         ``loss`` and ``metric``), given best first and shown worst first (best last, as OPRO does)."""
+        self._check(n, style)
+        shown = [e for e in reversed(evaluated) if math.isfinite(e.metric)]
+        if style == "completion":
+            return self._completion([(e.metric, _clip(e.text)) for e in shown])
+        lines = self._chat_head(f"Each prompt below was evaluated as it is written, with its "
+                                f"{self._score_names()}. They are ordered from worst to best.")
+        lines += [f"\"{_clip(e.text)}\" {self._scores(e)}" for e in shown] + [""]
+        return "\n".join(lines + self._chat_request(n))
+
+    @staticmethod
+    def _check(n, style: str) -> None:
         if style not in STYLES:
             raise ValueError(f"style must be one of {STYLES}, got {style!r}")
         if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
             raise ValueError(f"n must be an integer >= 1, got {n!r}")
-        shown = [e for e in reversed(evaluated) if math.isfinite(e.metric)]
-        if style == "completion":
-            lines = [f"{self.task_description.strip()}", f"Prompts for this task, sorted by {self.metric} "
-                     f"({'best' if self.mode == 'max' else 'lowest'} last):", ""]
-            for e in shown[-12:]:
-                lines += [f"prompt: {_clip(e.text)}", f"{self.metric}: {e.metric:.2f}", ""]
-            lines.append("prompt:")
-            return "\n".join(lines)
+
+    def _score_names(self) -> str:
+        """``validation loss and val_acc (higher is better)``."""
         better = "higher is better" if self.mode == "max" else "lower is better"
         scores = self.metric if self.metric == "loss" else f"validation loss and {self.metric}"
-        lines = [
-            "You are an expert at writing prompts for a classifier.",
-            f"Task: {self.task_description.strip()}",
-            "",
-            f"Each prompt below was evaluated as it is written, with its {scores} ({better}). They are ordered "
-            "from worst to best.",
-            "",
-        ]
-        lines += [f"\"{_clip(e.text)}\" {self._scores(e)}" for e in shown]
-        lines += [
-            "",
+        return f"{scores} ({better})"
+
+    def _chat_head(self, what: str) -> list[str]:
+        return ["You are an expert at writing prompts for a classifier.", f"Task: {self.task_description.strip()}",
+                "", what, ""]
+
+    def _chat_request(self, n: int) -> list[str]:
+        return [
             f"Write {n} new prompts for this task that you expect to score better than all of the above. "
             "Learn from which words helped. Each must differ from every prompt above and have at most "
             f"{self.max_words} words.",
             f"Reply with the {n} prompts only, one per line, numbered 1 to {n}, without any other text.",
         ]
-        return "\n".join(lines)
 
-    def _build_completion(self, shown: list[Trajectory]) -> str:
-        lines = [f"{self.task_description.strip()}", f"Prompts for this task, sorted by {self.metric} "
-                 f"({'best' if self.mode == 'max' else 'lowest'} last):", ""]
+    def _completion_entries(self, shown: list[Trajectory]) -> list[tuple[float, str]]:
+        """Each trajectory's start and points as (metric, clipped text), each text once, sorted best last."""
         entries: list[tuple[float, str]] = []
         seen: set[str] = set()
         for trajectory in shown:
@@ -185,6 +170,13 @@ class Mentor:
                     seen.add(key)
                     entries.append((metric, _clip(text)))
         entries.sort(key=lambda x: x[0] if self.mode == "max" else -x[0])
+        return entries
+
+    def _completion(self, entries: list[tuple[float, str]]) -> str:
+        """The OPRO-style scored list of (metric, text), given best last, the last 12 shown, ending on an open
+        ``prompt:`` line."""
+        lines = [f"{self.task_description.strip()}", f"Prompts for this task, sorted by {self.metric} "
+                 f"({'best' if self.mode == 'max' else 'lowest'} last):", ""]
         for metric, text in entries[-12:]:
             lines += [f"prompt: {text}", f"{self.metric}: {metric:.2f}", ""]
         lines.append("prompt:")
