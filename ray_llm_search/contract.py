@@ -34,6 +34,19 @@ PHASE_KEYS = ("evaluations", "generation", "origin", "screen", "screen_index", "
 TIMING_KEYS = ("started_at", "setup_s", "first_step_s", "elapsed_s")
 
 
+class PromptOnly:
+    """The ``PromptModel`` methods of a model that trains nothing but the prompt (no head, no extra state)."""
+
+    def extra_parameters(self) -> list:
+        return []
+
+    def extra_state(self) -> dict:
+        return {}
+
+    def load_extra_state(self, state: dict) -> None:
+        pass
+
+
 @runtime_checkable
 class PromptModel(Protocol):
     """What ``trainables.phase.run_phase`` drives. Optional, found with ``getattr``: ``evaluate_each(vectors,

@@ -16,22 +16,13 @@ import pytest
 import torch
 
 from ray_llm_search import LLM, LLMSearch
+from ray_llm_search.contract import PromptOnly
 from trainables.phase import examples_key, run_phase
 
 TARGET = torch.tensor([[1.0, -1.0, 0.5, 0.0], [1.0, -1.0, 0.5, 0.0]])
 
 
-class NoHead:
-    """The head part of a ``PromptModel`` that trains nothing but the prompt."""
-
-    def extra_parameters(self) -> list:
-        return []
-
-    def extra_state(self) -> dict:
-        return {}
-
-    def load_extra_state(self, state: dict) -> None:
-        pass
+NoHead = PromptOnly  # the head part of a PromptModel that trains nothing but the prompt
 
 
 class Toy(NoHead):

@@ -65,6 +65,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ray_llm_search.contract import PromptOnly
 from trainables.images import FeatureCache, ImageDataset, Preprocess, ViewsDataset, files_digest, load_image_dataset
 from trainables.phase import run_phase
 
@@ -464,7 +465,7 @@ class CachedImage:
     label: int
 
 
-class ClipPromptModel(torch.nn.Module):
+class ClipPromptModel(PromptOnly, torch.nn.Module):
     """CoOp's learnable context on a frozen open_clip model (a ``PromptModel`` for ``run_phase``).
 
     Shapes: context ``[M, D]`` (``[C, M, D]`` with ``csc``), ``D`` the text width; a batch of ``B`` cached
@@ -674,15 +675,6 @@ class ClipPromptModel(torch.nn.Module):
         v = vectors.mean(0) if self.csc else vectors
         ids = project_to_tokens(v.to(self.embedding.device), self.embedding, self.projection, self.excluded)
         return ids_to_text(ids, self.tokenizer)
-
-    def extra_parameters(self) -> list:
-        return []
-
-    def extra_state(self) -> dict:
-        return {}
-
-    def load_extra_state(self, state: dict) -> None:
-        pass
 
     def lr_at(self, base_lr: float, step: int) -> float:
         """``run_phase``'s schedule hook: CoOp's warm-up + cosine when a schedule is set, else ``base_lr``."""
