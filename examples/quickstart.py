@@ -148,10 +148,16 @@ def main(argv=None) -> dict:
     plan = search.schedule or [{}] * search.generations
     first = min(g for g in range(search.generations) if plan[g].get("steps", 1) != 0)
     gen0 = search.records[first]
-    gen0_best = max((t for t in search.trajectories if t.generation == first and t.evaluations),
-                    key=lambda t: t.best("max").metric)
+    # generation 0's best by the search's own rule for the final prompt (search.select)
+    gen0_phases = [t for t in search.trajectories if t.generation == first and t.evaluations]
+    if search.select == "loss":
+        gen0_best = min(gen0_phases, key=lambda t: min(loss_key(e.loss) for e in t.evaluations))
+        gen0_path = gen0_best.loss_vectors_path
+    else:
+        gen0_best = max(gen0_phases, key=lambda t: t.best("max").metric)
+        gen0_path = gen0_best.vectors_path
     seed_test = evaluate_prompt(base, text=SEEDS[0])
-    gen0_test = evaluate_prompt(base, vectors_path=gen0_best.vectors_path)
+    gen0_test = evaluate_prompt(base, vectors_path=gen0_path)
     best_test = evaluate_prompt(base, vectors_path=best["vectors_path"])
     print("\n=== test accuracy (held-out articles, never seen by any phase) ===")
     print(f"seed prompt as text       {seed_test['acc']:.3f}  \"{SEEDS[0]}\"")
@@ -159,6 +165,7 @@ def main(argv=None) -> dict:
     note = "gradient only" if first == 0 or not took else f"{took} chain(s) took an LLM start"
     print(f"best of generation {first}      {gen0_test['acc']:.3f}  \"{gen0_test['prompt_text']}\" ({note})")
     print(f"final best (gen {best['generation']}, {best['origin']:<5}) {best_test['acc']:.3f}  \"{best_test['prompt_text']}\"")
+    print(f"(each chosen by lowest validation {'loss' if search.select == 'loss' else 'val_acc, ties by loss'})")
 
     workers = max(1, cpus // per_trial)
     last = [t.last_result for t in analysis.trials if t.last_result]

@@ -468,13 +468,14 @@ def run_arm(args, dataset: str, seed: int, arm: str, storage: str, llm_factory=N
     evaluations = recorder.evaluations()
     counts = check_budget(arm, evaluations, b)
 
-    best = select_best(evaluations)
+    rule = "loss" if getattr(search, "select", "metric") == "loss" else "acc"
+    best = select_best(evaluations, rule)
     t = time.time()
-    test = evaluate_prompt(config, vectors_path=best["vectors_path"])
+    test = evaluate_prompt(config, vectors_path=best["path"])
     usage = dict(llm.usage) if llm is not None else {}
     return {
         "dataset": dataset, "seed": seed, "arm": arm, "budget": b, **counts,
-        "test_acc": test["acc"], "test_n": test["n"], "best_val_acc": best["val_acc"], "best_prompt": test["prompt_text"],
+        "test_acc": test["acc"], "select": rule, "test_by_rule": {rule: test["acc"]}, "test_n": test["n"], "best_val_acc": best["val_acc"], "best_prompt": test["prompt_text"],
         "best_generation": best["generation"], "best_origin": best["origin"],
         "search_wall_s": round(search_wall, 1), "test_eval_s": round(time.time() - t, 1),
         "llm_calls": int(usage.get("calls", 0)),
@@ -571,6 +572,7 @@ class Recorder(Callback):
             "screen": bool(result.get("screen")), "reused": bool(result.get("reused")),
             "projection": bool(result.get("projection")), "evaluations": result.get("evaluations"), "start": result.get("start"),
             "start_text": result.get("start_text"), "step_vectors_path": result.get("step_vectors_path"),
+            "loss_vectors_path": None if result.get("screen") else result.get("loss_vectors_path"),
         }
 
     def evaluations(self) -> list[dict]:
@@ -602,14 +604,53 @@ def check_budget(arm: str, evaluations: list[dict], b: dict) -> dict:
                 str(e.get("start") or "").startswith("candidate") for e in evaluations)}
 
 
-def select_best(evaluations: list[dict]) -> dict:
-    """The arm's best evaluation: highest validation accuracy, then lower loss, then earliest.
+def arm_select(arm: str) -> str:
+    """How an arm chooses its final prompt: ``"loss"`` where its design's search does (``select="loss"``),
+    else ``"acc"`` (gradient only, LLM only and the first designs)."""
+    if arm not in ARM_PRESETS:
+        return "acc"
+    return "loss" if presets.preset(ARM_PRESETS[arm], steps=8, eval_every=4).get("select") == "loss" else "acc"
 
-    A phase saves its vectors whenever it improves under this same order, so the trial's vectors file holds
-    exactly this evaluation's vectors. A screened candidate that lost (no vectors of its own) is never chosen;
-    it scored below the start its phase took, which is a candidate here too."""
+
+def select_best(evaluations: list[dict], rule: str = "acc") -> dict:
+    """The arm's final evaluation, with ``"path"``: the vectors file that holds it.
+
+    ``"acc"``: highest validation accuracy, then lower loss, then earliest; a phase saves its best vectors
+    whenever it improves under this same order, so the trial's ``vectors_path`` holds exactly this
+    evaluation's vectors. ``"loss"``: lowest validation loss, then higher accuracy, then earliest; held in the
+    trial's ``loss_vectors_path`` (``keep_lowest_loss``), or in its ``step_vectors_path`` where every step's
+    vectors were kept. A screened candidate that lost (no vectors of its own) is never chosen; it scored below
+    the start its phase took, which is a candidate here too."""
     usable = [e for e in evaluations if not e.get("screen")]
-    return max(usable, key=lambda e: (e["val_acc"], -e["loss"], -e["generation"], -e["step"]))
+    if rule == "acc":
+        best = max(usable, key=lambda e: (e["val_acc"], -e["loss"], -e["generation"], -e["step"]))
+        return {**best, "path": best.get("vectors_path")}
+    if rule != "loss":
+        raise ValueError(f"rule must be 'acc' or 'loss', got {rule!r}")
+    finite = [e for e in usable if math.isfinite(e["loss"])] or usable
+    best = min(finite, key=lambda e: (e["loss"], -e["val_acc"], e["generation"], e["step"]))
+    return {**best, "path": best.get("loss_vectors_path") or best.get("step_vectors_path")}
+
+
+def rescore(run: dict, rule: str, args) -> bool:
+    """A recorded run re-scored on test under another selection rule, from its own recorded evaluations and
+    the vectors it kept (``--keep-vectors``): what the run would have reported had its arm chosen by ``rule``
+    (the search does not depend on the rule). The earlier score stays in ``test_by_rule``. False (and the run
+    untouched) where the chosen evaluation's vectors were not kept."""
+    from trainables.text_prompt import evaluate_prompt
+
+    old = run.get("select", "acc")
+    chosen = select_best(run["evaluations"], rule)
+    path = chosen["path"]
+    if not path or not os.path.isfile(path):
+        return False
+    run_args = argparse.Namespace(**{**vars(args), **run.get("args", {})})
+    test = evaluate_prompt(base_config(run_args, run["dataset"], run["seed"]), vectors_path=path)
+    run.setdefault("test_by_rule", {})[old] = run["test_acc"]
+    run["test_by_rule"][rule] = test["acc"]
+    run.update(test_acc=test["acc"], best_val_acc=chosen["val_acc"], best_prompt=test["prompt_text"],
+               best_generation=chosen["generation"], best_origin=chosen["origin"], select=rule, rescored=True)
+    return True
 
 
 def best_so_far(evaluations: list[dict], b: dict, axis: str) -> list[tuple[float, float]]:
@@ -956,7 +997,16 @@ def main(argv=None, llm_factory=None, default_out: str | None = None,
                     done = [r for r in results["runs"] if (r["dataset"], r["seed"], r["arm"]) == (dataset, seed, arm)]
                     if done and not args.force:
                         check_recorded(done[0], args, b)
-                        continue
+                        rule = arm_select(arm)
+                        if done[0].get("select", "acc") == rule:
+                            continue
+                        if rescore(done[0], rule, args):  # the arm now chooses its final prompt otherwise
+                            print(f"{dataset} seed {seed} {arm}: recorded run re-scored by {rule}: test "
+                                  f"{done[0]['test_by_rule']}", flush=True)
+                            save_results(results, results_path)
+                            continue
+                        print(f"{dataset} seed {seed} {arm}: recorded by {done[0].get('select', 'acc')}, its "
+                              f"vectors not kept: run again to choose by {rule}", flush=True)
                     units.append((dataset, seed, arm))
 
         def keep(run: dict) -> None:

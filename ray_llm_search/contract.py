@@ -2,7 +2,7 @@
 "Contracts"). It imports no torch; tensors are typed as ``Any``.
 
 - ``CONFIG_KEYS``: what ``LLMSearch`` adds to every trial's config; ``OPTIONAL_CONFIG_KEYS`` where they apply
-  (a generation's own phase length, screening, reused start scores, a projection scored as text).
+  (a generation's own phase length, screening, reused start scores, a projection scored as text, the lowest-loss vectors kept).
 - ``REPORTED_KEYS``: what a phase reports at each evaluation (the searcher's metric under its own name, e.g.
   ``val_acc``, besides these); ``PHASE_KEYS`` and ``TIMING_KEYS``: what ``trainables.phase.run_phase`` adds.
 - ``PromptModel``: what ``run_phase`` drives, for a trainable of your own.
@@ -22,14 +22,16 @@ CONFIG_KEYS = ("prompt_init", "resume_from", "generation", "origin", "phase_seed
 # Keys added only where they apply: a generation's steps from ``schedule``; the screened-start keys of
 # ``trainables.phase``; ``project_best`` for a mentor shown text scores.
 OPTIONAL_CONFIG_KEYS = ("steps", "eval_every", "prompt_candidates", "candidate_start", "mix_alpha",
-                        "screen_margin", "screen_test", "reuse_start_score", "project_best")
+                        "screen_margin", "screen_test", "reuse_start_score", "project_best",
+                        "keep_lowest_loss")
 # Keys a phase reports at each evaluation, besides the metric itself (``vectors_path`` is optional: without
 # it an elite restarts from its projected text).
 REPORTED_KEYS = ("loss", "prompt_text", "step")
 # What run_phase reports besides: forward evaluations computed (for budgets), where a screened or projected
 # text's row is (``screen``, ``screen_index``, ``projection``), how the phase started.
 PHASE_KEYS = ("evaluations", "generation", "origin", "screen", "screen_index", "projection", "start", "start_text",
-              "reused", "best_val_acc", "train_loss", "torch_threads", "vectors_path")
+              "reused", "best_val_acc", "train_loss", "torch_threads", "vectors_path",
+              "loss_vectors_path")
 # Wall-clock keys of every result (they differ between two runs of the same phase).
 TIMING_KEYS = ("started_at", "setup_s", "first_step_s", "elapsed_s")
 

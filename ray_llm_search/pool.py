@@ -46,6 +46,7 @@ class Trajectory:
     evaluations: list[Evaluation] = field(default_factory=list)
     status: Status = "running"
     vectors_path: str | None = None
+    loss_vectors_path: str | None = None  # the vectors of its lowest validation loss, where the phase keeps them
     lineage: str = ""  # the trial whose vectors this phase continues (its own id unless it is an elite)
     candidates: list[str] = field(default_factory=list)  # texts screened at the phase's start
     adopted: str | None = None  # the screened candidate the phase started from, if one beat its own start
@@ -123,6 +124,18 @@ class PromptPool:
     def best(self) -> Trajectory | None:
         ranked = self.ranked()
         return ranked[0] if ranked else None
+
+    def lowest_loss(self) -> tuple[Trajectory, Evaluation] | None:
+        """The evaluation of lowest finite loss over every trajectory (ties: the better metric, then the earlier
+        generation and step), with its trajectory; None if no evaluation has a finite loss and metric."""
+        sign = -1.0 if self.mode == "max" else 1.0
+        keyed = [((e.loss, sign * e.metric, t.generation, e.step), i, t, e)
+                 for i, t in enumerate(self.trajectories.values()) for e in t.evaluations
+                 if math.isfinite(e.loss) and math.isfinite(e.metric)]
+        if not keyed:
+            return None
+        _, _, t, e = min(keyed, key=lambda k: k[:2])
+        return t, e
 
     def fill_texts(self, exclude: set[str] = frozenset()) -> list[str]:
         """Texts to top a generation up with when the LLM gives too few: the best projections of the

@@ -117,5 +117,5 @@ def preset(name: str = DEFAULT, *, population: int = 4, generations: int = 3, st
         faithful = name == "authors-faithful"
         return {"population": 1, "elites": 1, "seed_prompts": 1, "reuse_start_score": True,
                 "schedule": authors_schedule(population, generations, steps, eval_every, faithful),
-                "mentor_scores": "text" if faithful else "vectors"}
+                "mentor_scores": "text" if faithful else "vectors", "select": "loss"}
     return {"population": population, "generations": generations, "elites": 1}

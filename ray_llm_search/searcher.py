@@ -42,6 +42,7 @@ REASK_BACKOFF_S = 1.0
 CONFIG_KEYS, OPTIONAL_CONFIG_KEYS = contract.CONFIG_KEYS, contract.OPTIONAL_CONFIG_KEYS
 PROPOSALS = ("llm", "perturb")
 MENTOR_SCORES = ("vectors", "text")
+SELECT = ("metric", "loss")
 
 
 class LLMSearch(Searcher):
@@ -90,6 +91,11 @@ class LLMSearch(Searcher):
             texts evaluated as text (starts from text, screened candidates whether adopted or not, and each
             phase followed by an LLM round evaluates its best vectors' projection as text: one more evaluation
             per such phase, ``project_best`` in ``trainables.phase``), each with its own score, best last.
+        select: how ``best()`` (and ``best.json``) chooses the final prompt among every phase's evaluations.
+            ``"metric"`` (default): the best value of the searcher's metric, ties by lower loss. ``"loss"``: the
+            lowest validation loss; each phase also keeps its lowest-loss vectors (``keep_lowest_loss`` in
+            ``trainables.phase``). On a small validation split the highest accuracy among many evaluations is
+            often a lucky one; the loss is a continuous score and less so (``examples/RESULTS.md``).
 
     Example:
         >>> search = LLMSearch(LocalLLM(), "Classify BBC news by topic.", ["the topic of this article is"],
@@ -125,6 +131,7 @@ class LLMSearch(Searcher):
         screen_test: str = "gain",
         llm_budget: dict | LLMBudget | None = None,
         mentor_scores: str = "vectors",
+        select: str = "metric",
     ) -> None:
         if mode is not None and mode not in ("max", "min"):
             raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
@@ -165,6 +172,8 @@ class LLMSearch(Searcher):
             raise ValueError(f"screen_test must be 'gain' or 'paired', got {screen_test!r}")
         if mentor_scores not in MENTOR_SCORES:
             raise ValueError(f"mentor_scores must be one of {MENTOR_SCORES}, got {mentor_scores!r}")
+        if select not in SELECT:
+            raise ValueError(f"select must be one of {SELECT}, got {select!r}")
         if not isinstance(top_k, int) or top_k < 1:
             raise ValueError(f"top_k must be an integer >= 1, got {top_k!r}")
         if candidates_per_round is not None and (
@@ -202,6 +211,7 @@ class LLMSearch(Searcher):
         self.screen_margin = screen_margin
         self.screen_test = screen_test
         self.mentor_scores = mentor_scores
+        self.select = select
         self.llm_budget = llm_budget
         self.max_prompt_words = max_prompt_words
         self.seed = seed
@@ -361,7 +371,7 @@ class LLMSearch(Searcher):
         # Defaults for what an LLMSearch pickled by an older version (a tuner.pkl) lacks.
         self.__dict__.update({"llm_reasks": 0, "_restored": False, "_replay_from": None,
                               "_search_id": uuid.uuid4().hex[:16], "schedule": None, "screen": 0, "proposals": "llm",
-                              "candidate_start": "text", "mix_alpha": 0.5, "reuse_start_score": False, "screen_margin": 0, "screen_test": "gain", "llm_budget": None, "mentor_scores": "vectors", "preset": None,
+                              "candidate_start": "text", "mix_alpha": 0.5, "reuse_start_score": False, "screen_margin": 0, "screen_test": "gain", "llm_budget": None, "mentor_scores": "vectors", "preset": None, "select": "metric",
                               "_budget_warned": False,
                               "_held": [], "_screened": {}, "_suspicious": {}, "_domains": [],
                               "_space_rng": random.Random()})
@@ -447,6 +457,8 @@ class LLMSearch(Searcher):
             out["reuse_start_score"] = True
         if self.mentor_scores == "text" and self._round_follows(generation):
             out["project_best"] = True
+        if self.select == "loss":
+            out["keep_lowest_loss"] = True
         return out
 
     def _round_follows(self, generation: int) -> bool:
@@ -531,6 +543,9 @@ class LLMSearch(Searcher):
         path = result.get("vectors_path")
         if path:
             trajectory.vectors_path = str(path)
+        path = result.get("loss_vectors_path")
+        if path:
+            trajectory.loss_vectors_path = str(path)
 
     def _warn_once(self, trial_id: str, kind: str, message: str, *args: Any) -> None:
         """Log a trial's suspicious result once per trial and kind; count every occurrence for the records."""
@@ -912,18 +927,25 @@ class LLMSearch(Searcher):
     # -- results ------------------------------------------------------------------------------------------
 
     def best(self) -> dict[str, Any] | None:
-        """The best phase so far: its prompt text, metric, loss, step, vectors' path and where it started."""
-        trajectory = self._pool.best()
+        """The final prompt so far, chosen as ``select`` says: its prompt text, metric, loss, step, vectors'
+        path (``None`` where the phase kept no vectors for it) and where its phase started."""
+        if self.select == "loss":
+            trajectory, e = self._pool.lowest_loss() or (None, None)
+            path = trajectory.loss_vectors_path if trajectory is not None else None
+        else:
+            trajectory = self._pool.best()
+            e = trajectory.best(self._mode) if trajectory is not None else None
+            path = trajectory.vectors_path if trajectory is not None else None
         if trajectory is None:
             return None
-        e = trajectory.best(self._mode)
         return {
             "prompt_text": e.text,
             "metric": self._metric,
             "value": e.metric,
             "loss": e.loss,
             "step": e.step,
-            "vectors_path": trajectory.vectors_path,
+            "selected_by": "loss" if self.select == "loss" else self._metric,
+            "vectors_path": path,
             "trial_id": trajectory.trial_id,
             "generation": trajectory.generation,
             "origin": trajectory.origin,

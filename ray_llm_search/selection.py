@@ -9,8 +9,9 @@ prints mean test accuracy per dataset, arm and rule, with paired differences aga
 
 Rules:
 
-- ``acc``: highest validation accuracy, ties: lower loss (what compare.py reports);
-- ``loss``: lowest validation loss (a continuous score: less selection noise on a small validation split);
+- ``acc``: highest validation accuracy, ties: lower loss (how gradient only chooses in compare.py);
+- ``loss``: lowest validation loss (a continuous score: less selection noise on a small validation split;
+  how ``LLMSearch(select="loss")`` and the designs that use it choose);
 - ``final``: the last evaluation of the chain whose best accuracy is highest (no maximum over steps).
 """
 
@@ -68,9 +69,9 @@ def main(argv=None) -> dict:
         config = compare.base_config(run_args, run["dataset"], run["seed"])
         for rule in args.rules:
             chosen = choose(run["evaluations"], rule)
-            if rule == "acc" and chosen["vectors_path"]:
-                # the phase's best-vectors file holds this same evaluation: compare.py already scored it on test
-                table[(run["dataset"], run["arm"], rule, run["seed"])] = run["test_acc"]
+            known = run.get("test_by_rule") or {run.get("select", "acc"): run["test_acc"]}
+            if rule in known:  # compare.py already scored this rule's choice on test
+                table[(run["dataset"], run["arm"], rule, run["seed"])] = known[rule]
                 continue
             path = chosen["step_vectors_path"]
             if path not in cache:

@@ -274,6 +274,16 @@ def test_authors_regime_runs_one_chain_at_the_same_budget(tmp_path):
         assert len(starts) == 4 and all(e["reused"] or str(e["start"]).startswith("candidate") for e in starts)
         assert {e["prompt_init"] for e in run["evaluations"] if e["generation"] == 0} == {compare.TASKS["sst2"][1][0]}
     assert runs["authors"]["llm_calls"] == 3 and runs["authors-perturb"]["llm_calls"] == 0
+    # the authors' design chooses its final prompt by the lowest validation loss, gradient only by accuracy
+    from trainables.text_prompt import evaluate_prompt
+
+    config = compare.base_config(compare.parse_args(argv), "sst2", 3)
+    for arm in ("authors", "authors-perturb"):
+        run = runs[arm]
+        lowest = min((e for e in run["evaluations"] if not e["screen"]), key=lambda e: (e["loss"], -e["val_acc"]))
+        assert run["select"] == "loss" and run["best_val_acc"] == lowest["val_acc"]
+        assert evaluate_prompt(config, vectors_path=lowest["loss_vectors_path"])["acc"] == run["test_acc"]
+    assert runs["gradient"]["select"] == "acc"
     # shown text scores: the 3 phases before the rounds project their best as text, paid for by screening
     # one candidate fewer per round, so the budget is the same
     faithful = runs["authors-faithful"]
@@ -369,4 +379,10 @@ def test_the_selection_study_scores_each_rules_choice_on_test(tmp_path, capsys):
         assert study["table"][("sst2", arm, "loss", 3)] == evaluate_prompt(
             config, vectors_path=lowest["step_vectors_path"])["acc"]
     assert study["summary"][("sst2", "gradient", "loss", "same")] == [0.0]
+    # a recorded run re-scored under another rule: the same choice as the study's, the earlier score kept
+    run = runs["screened-perturb-paired"]
+    before = run["test_acc"]
+    assert compare.rescore(run, "loss", compare.parse_args(argv))
+    assert run["select"] == "loss" and run["test_acc"] == study["table"][("sst2", run["arm"], "loss", 3)]
+    assert run["test_by_rule"] == {"acc": before, "loss": run["test_acc"]}
     assert "minus gradient only by the same rule" in capsys.readouterr().out

@@ -37,6 +37,9 @@ Screened starts (the searcher sets these keys; see ``LLMSearch(screen=...)``):
   just before its final result: the text's own score, which the vectors' score usually overstates, for a
   mentor that is shown texts with what they score as text (``LLMSearch(mentor_scores="text")``). One
   evaluation, counted in ``evaluations``.
+- ``keep_lowest_loss``: besides its best vectors (by accuracy, then loss: what an elite resumes from), the phase
+  keeps the vectors of its lowest validation loss in ``<vector_dir>/<trial_id>.loss.pt`` and reports that path
+  as ``loss_vectors_path``, for a search whose final prompt is chosen by loss (``LLMSearch(select="loss")``).
 
 Every result carries ``evaluations``: the forward evaluations this phase has computed so far (reused scores
 excluded), so that a budget can be counted from what trials report.
@@ -226,6 +229,8 @@ def run_phase(config: dict, model, train: list, val: list,
     identity = model.identity()
     vector_dir = config.get("vector_dir")
     vectors_path = os.path.join(vector_dir, f"{trial_id}.pt") if vector_dir else None
+    loss_path = (os.path.join(vector_dir, f"{trial_id}.loss.pt")
+                 if vector_dir and config.get("keep_lowest_loss") else None)
     val_key = examples_key(val)
     counted = {"evaluations": 0}
     each = getattr(model, "evaluate_each", None)
@@ -241,11 +246,13 @@ def run_phase(config: dict, model, train: list, val: list,
         return loss, acc
 
     start_step, best, restored = 0, None, _restart_state() if in_tune else None
+    lowest = {"loss": None}  # the lowest finite validation loss so far (kept in loss_path)
     known = None  # (loss, acc) of the start, when a saved score may stand for its evaluation
     if restored is not None:
         prompt = restored["prompt"]
         model.load_extra_state(restored["extra"])
         start_step, best = restored["step"], restored["best"]
+        lowest["loss"] = restored.get("lowest_loss")
         counted["evaluations"] = int(restored.get("evaluations", 0))
         rng.setstate(restored["rng"])
         logger.info("trial %s restarts at step %d from its checkpoint", trial_id, start_step)
@@ -301,8 +308,14 @@ def run_phase(config: dict, model, train: list, val: list,
                 save_vectors(vectors_path, prompt, model.extra_state(), identity, text=text, val_acc=val_acc,
                              loss=val_loss, val_key=val_key, step=step, prompt_init=config.get("prompt_init"),
                              **({"val_right": flags} if flags is not None else {}))
+        if loss_path and _finite(val_loss) and (lowest["loss"] is None or val_loss < lowest["loss"]):
+            lowest["loss"] = val_loss
+            save_vectors(loss_path, prompt, model.extra_state(), identity, text=text, val_acc=val_acc,
+                         loss=val_loss, val_key=val_key, step=step)
         metrics = {**base_metrics(val_acc, val_loss, text, step), "train_loss": train_loss,
                    "best_val_acc": best["val_acc"], **extra}
+        if loss_path and lowest["loss"] is not None:
+            metrics["loss_vectors_path"] = loss_path
         if vectors_path:
             metrics["vectors_path"] = vectors_path
             if config.get("keep_all_vectors"):  # for studies of how the final prompt is chosen
@@ -322,7 +335,7 @@ def run_phase(config: dict, model, train: list, val: list,
             if in_tune:
                 torch.save({"prompt": prompt.detach().cpu(), "extra": model.extra_state(), "step": step, "best": best,
                             "rng": rng.getstate(), "optimizer": optimizer.state_dict(),
-                            "evaluations": counted["evaluations"]}, os.path.join(tmp, "phase.pt"))
+                            "evaluations": counted["evaluations"], "lowest_loss": lowest["loss"]}, os.path.join(tmp, "phase.pt"))
                 ckpt = tmp
             report(metrics, ckpt)
 
