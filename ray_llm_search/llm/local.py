@@ -88,6 +88,10 @@ class LocalLLM(LLM):
         max_new_tokens: per continuation (completion) or per reply (chat).
         temperature, top_p: sampling.
         seed: torch seed for reproducible proposals.
+        stop_at_newline: completion style: stop generating once every continuation has ended its first line
+            (only that line is kept, so the candidates are the same; the round is shorter: for SmolLM2 on 14
+            continuations, 17 tokens instead of 24). Needs a ``transformers`` with ``stop_strings``; without
+            it generation runs to ``max_new_tokens`` as before.
         device: ``"cpu"``, ``"cuda"``, ...
 
     Example:
@@ -105,6 +109,7 @@ class LocalLLM(LLM):
         seed: int = 0,
         device: str = "cpu",
         cache_dir: str | None = None,
+        stop_at_newline: bool = True,
     ) -> None:
         super().__init__()
         if style not in ("chat", "completion"):
@@ -125,6 +130,7 @@ class LocalLLM(LLM):
         self.temperature = temperature
         self.top_p = top_p
         self.seed = seed
+        self.stop_at_newline = bool(stop_at_newline)
         self.device = device
         self.cache_dir = cache_dir or DEFAULT_CACHE
         self._model = None
@@ -177,17 +183,24 @@ class LocalLLM(LLM):
         generator_seed = self.seed + self._calls
         self._calls += 1
         self._count(self.usage, calls=1, prompt_tokens=int(inputs.input_ids.shape[1]))
+        settings = {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p, "max_new_tokens": max_new,
+                    "num_return_sequences": samples,
+                    "pad_token_id": tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id}
+        # A row that has ended its line is padded while the others go on, and sampling draws for every row at
+        # every step, so stopping when all have ended changes no row's first line.
+        stop = {"stop_strings": ["\n"], "tokenizer": tok} if self.style == "completion" and getattr(
+            self, "stop_at_newline", False) else {}
         torch.manual_seed(generator_seed)
         with torch.no_grad():
-            out = model.generate(
-                **inputs,
-                do_sample=True,
-                temperature=self.temperature,
-                top_p=self.top_p,
-                max_new_tokens=max_new,
-                num_return_sequences=samples,
-                pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
-            )
+            try:
+                out = model.generate(**inputs, **settings, **stop)
+            except (TypeError, ValueError) as e:
+                if not stop or "stop_strings" not in str(e):
+                    raise
+                logger.info("this transformers has no stop_strings: generating %d tokens per continuation", max_new)
+                self.stop_at_newline = False
+                torch.manual_seed(generator_seed)
+                out = model.generate(**inputs, **settings)
         new = out[:, inputs.input_ids.shape[1]:]
         self._count(self.usage, completion_tokens=int((new != (tok.pad_token_id or -1)).sum()))
         texts = tok.batch_decode(new, skip_special_tokens=True)
