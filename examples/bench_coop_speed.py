@@ -4,7 +4,7 @@
     at the model's resolution (224 px for ViT-B/16) every step, and the text encoder reads every class's
     prompt at the full 77-token context through ``nn.MultiheadAttention`` with a float causal mask; fp32, or
     fp16 autocast with a gradient scaler (CoOp's ``amp``).
-(b) Ours (``trainables.clip_prompt.ClipPromptModel``): cached image features (one of ``views`` augmented
+(b) Ours (``trainables.clip.ClipPromptModel``): cached image features (one of ``views`` augmented
     views per image), the context cut to the longest prompt, bf16 autocast, fused causal attention
     (``scaled_dot_product_attention``), the loop ``run_phase`` runs (including its per-step ``float(loss)``).
 
@@ -95,7 +95,7 @@ def _device(args):
 
 
 def _backbone(args, device, image_tower: bool = True):
-    from trainables import clip_prompt as cp
+    from trainables import clip as cp
 
     if args.tiny:
         return cp.load_clip("coop-tiny", None, cp.TINY_MODEL_CONFIG, 0, device, image_tower)
@@ -253,7 +253,7 @@ def measure_coop(args, backbone, names, device) -> dict:
 def synthetic_features(names: list[str], shots: int, views: int, embed: int, seed: int = 0):
     import numpy as np
 
-    from trainables.clip_prompt import FeatureSet, SplitFeatures
+    from trainables.clip import FeatureSet, SplitFeatures
 
     rng = np.random.default_rng(seed)
     n = len(names) * shots
@@ -267,7 +267,7 @@ def synthetic_features(names: list[str], shots: int, views: int, embed: int, see
 def build_ours(args, backbone, names, compile_mode: str = "none"):
     import torch
 
-    from trainables.clip_prompt import ClipPromptModel
+    from trainables.clip import ClipPromptModel
 
     model = ClipPromptModel(backbone, names, n_ctx=args.n_ctx)
     embed = int(backbone.model.text_projection.shape[1])

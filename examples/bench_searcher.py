@@ -8,87 +8,26 @@ instant scripted LLM, and prints the searcher's CPU time per event and its saved
 generation (bytes per trial should stay flat: the state grows linearly). Tune mode runs a trainable that
 only reports, so wall time per trial is Tune's overhead.
 
-``drive`` and ``tune_overhead`` return their numbers as a dict (``tests/test_scale.py`` asserts on them).
+``drive`` (``ray_llm_search.testing.scale_run``) and ``tune_overhead`` return their numbers as a dict.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import pickle
 import sys
 import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from ray_llm_search import LLM, LLMSearch  # noqa: E402
+from ray_llm_search import LLMSearch  # noqa: E402
+from ray_llm_search.testing import ScriptedLLM, scale_run  # noqa: E402
 
 
-class InstantLLM(LLM):
-    """Answers at once with ``n`` fresh numbered candidates."""
-
-    style = "chat"
-
-    def propose(self, meta_prompt: str, n: int) -> list[str]:
-        self._count(self.usage, calls=1)
-        k = self.usage["calls"]
-        return ["\n".join(f"{i + 1}. candidate {k}-{i} about news topics" for i in range(n))]
-
-
-def drive(population: int, generations: int, results_per_trial: int, log_dir: str,
-          max_wait_s: float = 60.0) -> dict:
-    """Feed ``LLMSearch`` Tune's events for a whole search, one generation at a time.
-
-    Returns ``trials``, ``events``, ``llm_calls``, ``cpu_ms_per_event`` (the searcher's own thread time,
-    summaries and TensorBoard writes included), ``loop_ms_per_event`` (the whole driver loop) and
-    ``sizes``: ``(generations done, trials handed out, pickled state bytes)`` after each generation.
-    """
-    search = LLMSearch(InstantLLM(), "Benchmark task.", ["seed prompt one", "seed prompt two"], metric="acc",
-                       mode="max", population=population, generations=generations, elites=2, log_dir=log_dir)
-    import tensorboardX  # noqa: F401  Tune's own TensorBoard logger imports it (and torch) at start-up anyway
-
-    counter = 0
-    sizes: list[tuple[int, int, int]] = []
-    deadline = time.monotonic() + max_wait_s
-    started = time.process_time()
-    while True:
-        batch = []
-        while True:
-            config = search.suggest(f"t{counter}")
-            if config is None:
-                if not batch:
-                    if time.monotonic() > deadline:
-                        raise TimeoutError(f"no configs for {max_wait_s}s after {counter} trials")
-                    time.sleep(0.001)  # the LLM thread is answering
-                    continue
-                break
-            if config == "FINISHED":
-                break
-            batch.append((f"t{counter}", config))
-            counter += 1
-        if not batch:
-            break
-        for trial_id, config in batch:
-            for step in range(results_per_trial):
-                search.on_trial_result(trial_id, {"acc": (hash((trial_id, step)) % 1000) / 1000, "loss": 1.0,
-                                                  "prompt_text": f"{config['prompt_init']} {step}", "step": step,
-                                                  "vectors_path": f"/v/{trial_id}.pt"})
-            search.on_trial_complete(trial_id, None)
-        if search.records and (not sizes or sizes[-1][0] != len(search.records)):
-            sizes.append((len(search.records), counter, len(pickle.dumps(search.get_state()))))
-    total_cpu = time.process_time() - started
-    return {
-        "population": population,
-        "generations": generations,
-        "trials": counter,
-        "events": search._events,
-        "llm_calls": search.llm.usage["calls"],
-        "records": len(search.records),
-        "cpu_ms_per_event": 1000 * search.cpu_seconds_per_event,
-        "loop_ms_per_event": 1000 * total_cpu / max(1, search._events),
-        "sizes": sizes,
-    }
+def drive(population: int, generations: int, results_per_trial: int, log_dir: str, max_wait_s: float = 60.0) -> dict:
+    """The searcher's cost at scale: ``ray_llm_search.testing.scale_run`` (``tests/test_scale.py`` asserts it)."""
+    return scale_run(population, generations, results_per_trial, log_dir, max_wait_s)
 
 
 def print_drive(r: dict) -> None:
@@ -115,7 +54,7 @@ def tune_overhead(population: int, generations: int, results_per_trial: int = 3)
     ray.init(include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            search = LLMSearch(InstantLLM(), "Benchmark task.", ["seed prompt"], metric="acc", mode="max",
+            search = LLMSearch(ScriptedLLM(words="candidate about news topics"), "Benchmark task.", ["seed prompt"], metric="acc", mode="max",
                                population=population, generations=generations, log_dir=tmp)
             t = time.time()
             analysis = tune.run(trivial, config={}, search_alg=search, num_samples=search.total_trials,

@@ -30,23 +30,12 @@ from datetime import datetime
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from ray_llm_search import LLM  # noqa: E402
+from ray_llm_search.flags import add_llm_flags, add_search_flags, llm_from_flags, refuse_model_flag  # noqa: E402
+from ray_llm_search.testing import ScriptedLLM  # noqa: E402  (a mentor that answers at once, for checking a cluster)
+from trainables.benchmarks import BENCHMARKS  # noqa: E402
 
-TASK = ("Classify a BBC news article into one of five topics: business, entertainment, politics, sport, "
-        "technology. The prompt is placed before the article.")
-SEEDS = ["the topic of this news article is", "news category:", "this text is about", "classify the article"]
+TASK, SEEDS = BENCHMARKS["bbc"].task, list(BENCHMARKS["bbc"].seed_prompts)
 SUMMARY_MARK = "CLUSTER_JOB_SUMMARY "
-
-
-class ScriptedLLM(LLM):
-    """A mentor that answers at once with ``n`` fresh numbered prompts (for checking a cluster)."""
-
-    style = "chat"
-
-    def propose(self, meta_prompt: str, n: int) -> list[str]:
-        self._count(self.usage, calls=1)
-        k = self.usage["calls"]
-        return ["\n".join(f"{i + 1}. the news topic of round {k} option {i}" for i in range(n))]
 
 
 def probe_trainable(config: dict) -> None:
@@ -68,16 +57,9 @@ def probe_trainable(config: dict) -> None:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--trainable", choices=["text", "probe"], default="text")
-    p.add_argument("--llm", choices=["local", "openai", "scripted"], default="local")
-    p.add_argument("--model", default=None, help="LLM model (openai) or local model path (local)")
-    p.add_argument("--base-url", default=None, help="OpenAI-compatible endpoint (vLLM, Ollama, llama.cpp)")
-    p.add_argument("--api-key-env", default="OPENAI_API_KEY",
-                   help="name of the variable holding the key (the value is never printed)")
-    p.add_argument("--population", type=int, default=4)
-    p.add_argument("--generations", type=int, default=3)
-    p.add_argument("--elites", type=int, default=1)
-    p.add_argument("--steps", type=int, default=12, help="gradient steps per phase (trial)")
-    p.add_argument("--eval-every", type=int, default=4)
+    add_llm_flags(p, choices=("local", "openai", "scripted"))
+    refuse_model_flag(p)
+    add_search_flags(p, steps=12, eval_every=4)
     p.add_argument("--shots", type=int, default=16)
     p.add_argument("--sleep-s", type=float, default=0.5, help="probe trainable: seconds per step")
     p.add_argument("--cpus-per-trial", type=float, default=1.0)
@@ -87,7 +69,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--log-dir", default=None, help="LLMSearch's log_dir; must be a path every node sees")
     p.add_argument("--name", default=None)
     p.add_argument("--summary", default=None, help="also write the run's summary JSON here")
-    p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
 
@@ -101,7 +82,7 @@ def main(argv=None) -> dict:
     import ray
     from ray import tune
 
-    from ray_llm_search import LLMSearch, make_llm
+    from ray_llm_search import LLMSearch
 
     name = args.name or "cluster_" + datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     storage = args.storage if _is_uri(args.storage) else os.path.abspath(os.path.expanduser(args.storage))
@@ -118,18 +99,17 @@ def main(argv=None) -> dict:
         trainable = probe_trainable
         base = {"steps": 3, "sleep_s": args.sleep_s}
     else:
-        from trainables.data import bbc_news_spec
         from trainables.text_prompt import train_text_prompt
 
         trainable = train_text_prompt
-        base = {"data": bbc_news_spec(shots=args.shots, val_shots=8, test_size=50, seed=args.seed),
+        base = {"data": BENCHMARKS["bbc"].data_spec(shots=args.shots, val_shots=8, test_size=50, seed=args.seed),
                 "steps": args.steps, "eval_every": args.eval_every, "lr": 0.05, "batch_size": 16,
                 "prompt_length": 8, "max_length": 64}
 
     if args.llm == "scripted":
-        llm = ScriptedLLM()
+        llm = ScriptedLLM(words="the news topic of round")
     else:
-        llm = make_llm(args.llm, args.model, base_url=args.base_url, api_key_env=args.api_key_env, seed=args.seed)
+        llm = llm_from_flags(args)
     search = LLMSearch(llm, TASK, SEEDS, metric="val_acc", mode="max", population=args.population,
                        generations=args.generations, elites=args.elites, max_prompt_words=12, seed=args.seed,
                        log_dir=log_dir)

@@ -32,6 +32,8 @@ from datetime import datetime
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from ray_llm_search.flags import add_llm_flags, add_search_flags, llm_from_flags  # noqa: E402
+
 SEEDS = ["a photo of a", "a photo of the", "a close-up photo of a", "itap of a"]
 
 
@@ -53,18 +55,10 @@ def parse_args(argv=None):
     model.add_argument("--views", type=int, default=8, help="cached augmented views per training image")
     model.add_argument("--cache-dir", default=None, help="feature cache (default ~/.cache/ray_llm_search/clip_features)")
     search = p.add_argument_group("search")
-    search.add_argument("--population", type=int, default=4)
-    search.add_argument("--generations", type=int, default=3)
-    search.add_argument("--elites", type=int, default=1)
-    search.add_argument("--steps", type=int, default=200, help="gradient steps per phase (trial)")
-    search.add_argument("--eval-every", type=int, default=50)
+    add_search_flags(search, steps=200, eval_every=50)
     search.add_argument("--lr", type=float, default=0.002)
     search.add_argument("--batch-size", type=int, default=32)
-    search.add_argument("--seed", type=int, default=0)
-    search.add_argument("--llm", choices=["local", "openai"], default="local")
-    search.add_argument("--llm-model", default=None, help="LLM name (openai) or local model path (local)")
-    search.add_argument("--base-url", default=None, help="OpenAI-compatible endpoint (vLLM, Ollama, llama.cpp)")
-    search.add_argument("--api-key-env", default="OPENAI_API_KEY")
+    add_llm_flags(search)
     run = p.add_argument_group("run")
     run.add_argument("--gpus-per-trial", type=float, default=None, help="default 0.25 with GPUs (4 trials a card)")
     run.add_argument("--cpus-per-trial", type=float, default=1)
@@ -98,8 +92,8 @@ def main(argv=None) -> dict:
     import ray
     from ray import tune
 
-    from ray_llm_search import LLMSearch, make_llm
-    from trainables.clip_prompt import (
+    from ray_llm_search import LLMSearch
+    from trainables.clip import (
         TINY_MODEL_CONFIG,
         clip_config,
         clip_trainable,
@@ -140,7 +134,7 @@ def main(argv=None) -> dict:
     name = args.name or "coop_" + datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     storage = os.path.abspath(os.path.expanduser(args.storage))
     experiment = os.path.join(storage, name)
-    llm = make_llm(args.llm, args.llm_model, base_url=args.base_url, api_key_env=args.api_key_env, seed=args.seed)
+    llm = llm_from_flags(args)
     search = LLMSearch(llm, task, SEEDS, metric="val_acc", mode="max", population=args.population,
                        generations=args.generations, elites=args.elites, max_prompt_words=max(4, args.n_ctx),
                        seed=args.seed, log_dir=experiment)

@@ -10,7 +10,7 @@ keeps 4 chains running side by side; ``--preset restarts`` is the first design (
 
     python examples/quickstart.py                       # about 5 minutes on 2 CPU cores
     python examples/quickstart.py --generations 4 --population 6 --steps 20
-    python examples/quickstart.py --llm openai --model gpt-4o-mini   # needs OPENAI_API_KEY
+    python examples/quickstart.py --llm openai --llm-model gpt-4o-mini   # needs OPENAI_API_KEY
 """
 
 from __future__ import annotations
@@ -25,36 +25,26 @@ from datetime import datetime
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-TASK = ("Classify a BBC news article into one of five topics: business, entertainment, politics, sport, "
-        "technology. The prompt is placed before the article.")
-SEEDS = [
-    "the topic of this news article is",
-    "news category:",
-    "this text is about",
-    "classify the article",
-]
+from ray_llm_search.flags import add_llm_flags, add_search_flags, llm_from_flags, refuse_model_flag  # noqa: E402
+from trainables.benchmarks import BENCHMARKS  # noqa: E402
+
+BBC = BENCHMARKS["bbc"]  # its task description, seed prompts and data spec
+TASK, SEEDS = BBC.task, list(BBC.seed_prompts)
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--generations", type=int, default=3)
-    p.add_argument("--population", type=int, default=4)
+    add_search_flags(p, elites=None, steps=12, eval_every=4)
     p.add_argument("--preset", default=None, help="LLMSearch design (ray_llm_search.presets); default: "
                    "the measured best, authors")
-    p.add_argument("--elites", type=int, default=None, help="override the preset's elites")
-    p.add_argument("--steps", type=int, default=12, help="gradient steps per phase (trial)")
-    p.add_argument("--eval-every", type=int, default=4)
     p.add_argument("--shots", type=int, default=16, help="training articles per topic")
     p.add_argument("--val-shots", type=int, default=8)
     p.add_argument("--test-size", type=int, default=250)
     p.add_argument("--max-length", type=int, default=64, help="tokens per input, prompt included")
-    p.add_argument("--llm", choices=["local", "openai"], default="local")
-    p.add_argument("--model", default=None, help="LLM model (openai) or local model path (local)")
-    p.add_argument("--base-url", default=None, help="OpenAI-compatible endpoint (vLLM, Ollama, llama.cpp)")
-    p.add_argument("--api-key-env", default="OPENAI_API_KEY")
+    add_llm_flags(p)
+    refuse_model_flag(p)
     p.add_argument("--storage", default=os.path.expanduser("~/ray_results"))
     p.add_argument("--name", default=None)
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dry-run", action="store_true",
                    help="print round 1's meta-prompt and the most LLM calls and tokens this search can spend; no run")
     p.add_argument("--max-llm-calls", type=int, default=None, help="LLM budget: rounds past it fill from the pool")
@@ -69,9 +59,9 @@ def main(argv=None) -> dict:
     import ray
     from ray import tune
 
-    from ray_llm_search import CachedLLM, LLMSearch, make_llm, presets
+    from ray_llm_search import CachedLLM, LLMSearch, presets
+    from ray_llm_search.pool import loss_key
     from ray_llm_search.timeline import describe, worker_timeline
-    from trainables.data import bbc_news_spec
     from trainables.text_prompt import evaluate_prompt, train_text_prompt
 
     started = time.time()
@@ -79,7 +69,7 @@ def main(argv=None) -> dict:
     storage = os.path.abspath(os.path.expanduser(args.storage))
     experiment = os.path.join(storage, name)
     base = {
-        "data": bbc_news_spec(shots=args.shots, val_shots=args.val_shots, test_size=args.test_size, seed=args.seed),
+        "data": BBC.data_spec(shots=args.shots, val_shots=args.val_shots, test_size=args.test_size, seed=args.seed),
         "steps": args.steps,
         "eval_every": args.eval_every,
         "lr": 0.05,
@@ -88,8 +78,7 @@ def main(argv=None) -> dict:
         "max_length": args.max_length,
     }
     t = time.time()
-    llm = make_llm(args.llm, args.model, base_url=args.base_url, api_key_env=args.api_key_env, seed=args.seed,
-                   load=not args.dry_run)
+    llm = llm_from_flags(args, load=not args.dry_run)
     if args.llm == "local" and not args.dry_run:  # the first run de-quantises the GGUF once (about 40 s)
         print(f"mentor LLM loaded in {time.time() - t:.1f}s")
     if args.answer_cache:

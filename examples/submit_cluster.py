@@ -4,7 +4,7 @@
     python examples/submit_cluster.py --address http://HEAD:8265 -- --storage /mnt/shared/ray_results
     # an OpenAI-compatible mentor; the key travels in the job's environment, never on a command line:
     OPENAI_API_KEY=... python examples/submit_cluster.py --address http://HEAD:8265 --api-key-env OPENAI_API_KEY \\
-        -- --llm openai --model gpt-4o-mini --storage s3://bucket/ray_results --log-dir /mnt/shared/llm_search
+        -- --llm openai --llm-model gpt-4o-mini --storage s3://bucket/ray_results --log-dir /mnt/shared/llm_search
     # check the cluster's plumbing in seconds: a probe trainable and an instant mentor:
     python examples/submit_cluster.py --address http://HEAD:8265 -- --trainable probe --llm scripted
 

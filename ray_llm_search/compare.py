@@ -62,6 +62,8 @@ from ray.tune import Callback  # noqa: E402
 from ray.tune.search import Searcher  # noqa: E402
 
 from ray_llm_search import presets  # noqa: E402
+from ray_llm_search.flags import add_llm_flags, add_search_flags, llm_from_flags  # noqa: E402
+from trainables.benchmarks import BENCHMARKS  # noqa: E402
 
 ARMS = ("gradient", "llm", "llm+gradient", "perturb+gradient", "screened", "screened-perturb", "screened-paired",
         "screened-perturb-paired", "late-mix", "late-mix-perturb", "late-text", "authors", "authors-perturb",
@@ -108,33 +110,8 @@ ABLATIONS = tuple((a, b) for a, b in FAITHFUL_ARMS.items())
 # LLMSearch's default design (presets.DEFAULT)
 DEFAULT_ARMS = ("gradient", "authors-perturb", "llm", "authors")
 
-TASKS: dict[str, tuple[str, list[str]]] = {
-    "sst2": ("Classify the sentiment of a movie review as positive or negative. The prompt is placed before "
-             "the review.",
-             ["the sentiment of this review is", "this movie review is", "the reviewer thinks the film is",
-              "sentiment:"]),
-    "trec": ("Classify a question by the type of its answer: abbreviation, description, entity, human, location "
-             "or number. The prompt is placed before the question.",
-             ["the answer to this question is a", "question type:", "this question asks for",
-              "what kind of answer does this need"]),
-    "ag_news": ("Classify a news article into one of four topics: world, sports, business, technology. The "
-                "prompt is placed before the article.",
-                ["the topic of this news article is", "news category:", "this text is about",
-                 "classify the article"]),
-    "bbc": ("Classify a BBC news article into one of five topics: business, entertainment, politics, sport, "
-            "technology. The prompt is placed before the article.",
-            ["the topic of this news article is", "news category:", "this text is about", "classify the article"]),
-    "rte": ("Decide whether the first sentence implies the second: yes or no. The prompt is placed before the "
-            "sentence pair.",
-            ["does the first sentence imply the second", "is the second sentence true", "entailment:",
-             "the answer is"]),
-    "boolq": ("Answer a yes/no question about a passage. The prompt is placed before the passage and question.",
-              ["answer the question about the passage", "yes or no:", "is it true that", "question:"]),
-    "cb": ("Decide whether a premise implies a hypothesis: yes, no or maybe. The prompt is placed before the pair.",
-           ["does the premise imply the hypothesis", "yes, no or maybe:", "is the hypothesis true", "the answer is"]),
-    "wic": ("Decide whether a word means the same in two sentences: yes or no. The prompt is placed before them.",
-            ["does the word mean the same in both", "same sense:", "compare the meaning", "the answer is"]),
-}
+# The shared benchmarks' task descriptions and seed prompts, and their published settings: trainables.benchmarks.
+TASKS: dict[str, tuple[str, list[str]]] = {n: (b.task, list(b.seed_prompts)) for n, b in BENCHMARKS.items()}
 
 
 # -- arm 1: gradient chains ------------------------------------------------------------------------------
@@ -228,10 +205,8 @@ class NoLLM:
         raise AssertionError("this arm asks no LLM")
 
 
-# Settings the published table uses per dataset where the flag is not given: SST-2's test split is capped at
-# 1,000 sentences (500 per class, of 1,821), and RTE's premise + hypothesis get 128 tokens (with 64, 8 prompt
-# vectors leave 56, which 43% of RTE's validation pairs exceed; 13% exceed 120).
-DATASET_DEFAULTS: dict[str, dict] = {"sst2": {"test_size": 1000}, "bbc": {"test_size": 1000}, "rte": {"max_length": 128}}
+# Settings the published table uses per dataset where the flag is not given (trainables.benchmarks).
+DATASET_DEFAULTS: dict[str, dict] = {n: dict(b.defaults) for n, b in BENCHMARKS.items() if b.defaults}
 GLOBAL_DEFAULTS = {"test_size": None, "max_length": 64}
 
 
@@ -391,20 +366,15 @@ def budget(args) -> dict:
 
 
 def base_config(args, dataset: str, seed: int) -> dict:
-    from trainables.data import bbc_news_spec, shared_data_spec
-
     user = user_tasks(args).get(dataset)
     if user is not None:
         data = {**user["data"], "shots": args.shots, "val_shots": args.val_shots or args.shots, "seed": seed}
         test_size = setting(args, dataset, "test_size")
         if test_size is not None:
             data["test_size"] = test_size
-    elif dataset == "bbc":
-        data = bbc_news_spec(shots=args.shots, val_shots=args.val_shots or args.shots,
-                             test_size=setting(args, dataset, "test_size"), seed=seed)
     else:
-        data = shared_data_spec(dataset, root=args.data_root, shots=args.shots, val_shots=args.val_shots,
-                                test_size=setting(args, dataset, "test_size"), seed=seed)
+        data = BENCHMARKS[dataset].data_spec(root=args.data_root, shots=args.shots, val_shots=args.val_shots,
+                                             test_size=setting(args, dataset, "test_size"), seed=seed)
     return {"data": data, "model": args.model, "head": args.head, "steps": args.steps, "eval_every": args.eval_every,
             "lr": args.lr, "batch_size": args.batch_size, "prompt_length": args.prompt_length,
             "max_length": setting(args, dataset, "max_length"), "device": "cpu" if args.cpu else "auto",
@@ -412,10 +382,7 @@ def base_config(args, dataset: str, seed: int) -> dict:
 
 
 def make_llm(args, seed: int):
-    from ray_llm_search.llm import make_llm as llm_from_flags
-
-    return llm_from_flags(args.llm, args.llm_model, base_url=args.base_url, api_key_env=args.api_key_env, seed=seed,
-                          **({"max_new_tokens": 24} if args.llm == "local" else {}))
+    return llm_from_flags(args, seed, **({"max_new_tokens": 24} if args.llm == "local" else {}))
 
 
 def run_arm(args, dataset: str, seed: int, arm: str, storage: str, llm_factory=None) -> dict:
@@ -632,24 +599,30 @@ def select_best(evaluations: list[dict], rule: str = "acc") -> dict:
     return {**best, "path": best.get("loss_vectors_path") or best.get("step_vectors_path")}
 
 
-def rescore(run: dict, rule: str, args) -> bool:
+def rescore(run: dict, rule: str, args, cache: dict | None = None) -> bool:
     """A recorded run re-scored on test under another selection rule, from its own recorded evaluations and
     the vectors it kept (``--keep-vectors``): what the run would have reported had its arm chosen by ``rule``
-    (the search does not depend on the rule). The earlier score stays in ``test_by_rule``. False (and the run
-    untouched) where the chosen evaluation's vectors were not kept."""
+    (the search does not depend on the rule). The earlier score stays in ``test_by_rule``. ``cache``: test
+    accuracies by vectors file that ``python -m ray_llm_search.selection`` already computed (its
+    ``selection_cache.json``), used instead of evaluating again. False (and the run untouched) where the chosen
+    evaluation's vectors were not kept."""
     from trainables.text_prompt import evaluate_prompt
 
     old = run.get("select", "acc")
     chosen = select_best(run["evaluations"], rule)
     path = chosen["path"]
-    if not path or not os.path.isfile(path):
+    if cache and path in cache:
+        acc, text = cache[path], chosen.get("prompt_text")
+    elif path and os.path.isfile(path):
+        run_args = argparse.Namespace(**{**vars(args), **run.get("args", {})})
+        test = evaluate_prompt(base_config(run_args, run["dataset"], run["seed"]), vectors_path=path)
+        acc, text = test["acc"], test["prompt_text"]
+    else:
         return False
-    run_args = argparse.Namespace(**{**vars(args), **run.get("args", {})})
-    test = evaluate_prompt(base_config(run_args, run["dataset"], run["seed"]), vectors_path=path)
     run.setdefault("test_by_rule", {})[old] = run["test_acc"]
-    run["test_by_rule"][rule] = test["acc"]
-    run.update(test_acc=test["acc"], best_val_acc=chosen["val_acc"], best_prompt=test["prompt_text"],
-               best_generation=chosen["generation"], best_origin=chosen["origin"], select=rule, rescored=True)
+    run["test_by_rule"][rule] = acc
+    run.update(test_acc=acc, best_val_acc=chosen["val_acc"], best_prompt=text, best_generation=chosen["generation"],
+               best_origin=chosen["origin"], select=rule, rescored=True)
     return True
 
 
@@ -912,11 +885,7 @@ def parse_args(argv=None, default_out: str | None = None, prog: str | None = Non
     p.add_argument("--keep-vectors", action="store_true",
                    help="save the vectors of every evaluation (to study how the final prompt is chosen)")
     p.add_argument("--jobs", type=int, default=1, help="inline backend: runs side by side in this many processes")
-    p.add_argument("--generations", type=int, default=3, help="G, including generation 0")
-    p.add_argument("--population", type=int, default=4, help="P, phases per generation (the first P seed prompts)")
-    p.add_argument("--elites", type=int, default=1, help="LLMSearch elites")
-    p.add_argument("--steps", type=int, default=8, help="K, gradient steps per phase")
-    p.add_argument("--eval-every", type=int, default=4)
+    add_search_flags(p, steps=8, eval_every=4, seed=None)  # P, G, elites (of the restarts arms), K, eval every
     p.add_argument("--shots", type=int, default=16, help="training examples per class")
     p.add_argument("--val-shots", type=int, default=None, help="validation examples per class (default: shots)")
     p.add_argument("--test-size", type=int, default=None,
@@ -929,10 +898,7 @@ def parse_args(argv=None, default_out: str | None = None, prog: str | None = Non
     p.add_argument("--prompt-length", type=int, default=8)
     p.add_argument("--max-length", type=int, default=None, help="tokens per input (default: 128 for rte, else 64)")
     p.add_argument("--max-prompt-words", type=int, default=12)
-    p.add_argument("--llm", choices=["local", "openai"], default="local")
-    p.add_argument("--llm-model", default=None, help="local model path (default SmolLM2-135M-Instruct) or API model")
-    p.add_argument("--base-url", default=None)
-    p.add_argument("--api-key-env", default="OPENAI_API_KEY")
+    add_llm_flags(p)
     p.add_argument("--cpus", type=int, default=None, help="Ray CPUs (default: all); one per trial")
     p.add_argument("--cpu", action="store_true", help="force CPU even with a GPU")
     p.add_argument("--out", default=default_out or "compare_results", help="results.json, the table, the plots")
@@ -986,6 +952,8 @@ def main(argv=None, llm_factory=None, default_out: str | None = None,
                      ignore_reinit_error=True)
         storage = os.path.abspath(os.path.expanduser(args.storage))
         print(f"budget per arm and seed: {b}")
+        cache_path = os.path.join(args.out, "selection_cache.json")  # test scores the selection study computed
+        cache = json.load(open(cache_path)) if os.path.isfile(cache_path) else {}
         units = []
         for dataset in args.datasets:
             for seed in args.seeds:
@@ -1000,7 +968,7 @@ def main(argv=None, llm_factory=None, default_out: str | None = None,
                         rule = arm_select(arm)
                         if done[0].get("select", "acc") == rule:
                             continue
-                        if rescore(done[0], rule, args):  # the arm now chooses its final prompt otherwise
+                        if rescore(done[0], rule, args, cache):  # the arm now chooses its final prompt otherwise
                             print(f"{dataset} seed {seed} {arm}: recorded run re-scored by {rule}: test "
                                   f"{done[0]['test_by_rule']}", flush=True)
                             save_results(results, results_path)

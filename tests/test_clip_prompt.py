@@ -18,8 +18,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from trainables import clip_prompt as cp
+from trainables import clip as cp
+from trainables.clip import backbone as clip_backbone
+from trainables.clip import features as clip_features
+from trainables.clip import trainable as clip_trial
 from trainables.phase import load_vectors, save_vectors
+from trainables.projection import project_to_tokens
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLASSES = {"golden_retriever": 6, "tabby_cat": 6, "001.Red_fox": 6}
@@ -173,7 +177,7 @@ def test_many_prompts_in_one_forward(backbone):
 
 def test_long_class_name_is_cut_to_fit(backbone, caplog):
     long_name = " ".join(["very"] * 80)
-    with caplog.at_level(logging.WARNING, logger="trainables.clip_prompt"):
+    with caplog.at_level(logging.WARNING, logger="trainables.clip"):
         model = cp.ClipPromptModel(backbone, ["cat", long_name], n_ctx=16)
     assert model.length == 77 and int(model.eot[1]) == 76
     assert any("cut" in r.getMessage() for r in caplog.records)
@@ -195,7 +199,7 @@ def test_projection_round_trip(backbone):
     l2 = _model(backbone, projection="l2")
     assert l2.project(embedding[ids]) == backbone.tokenizer.decode(ids.tolist())
     specials = embedding[[SOT, EOT, SOT, EOT]]
-    projected = cp.project_to_tokens(specials, embedding, "cosine", model.excluded)
+    projected = project_to_tokens(specials, embedding, "cosine", model.excluded)
     assert not set(projected.tolist()) & {SOT, EOT}  # never a special token, even from its own vector
     csc = _model(backbone, csc=True)
     assert csc.project(csc.init_vectors("a photo of a")) == "a photo of a"
@@ -216,13 +220,13 @@ def test_random_init_for_empty_text(backbone):
 def counted(monkeypatch) -> list:
     """Calls of the image encoder (``encode_images``): (split, views) per call."""
     calls: list = []
-    original = cp.encode_images
+    original = clip_features.encode_images
 
     def encode(backbone, dataset, split, views, *args, **kwargs):
         calls.append((split, list(views)))
         return original(backbone, dataset, split, views, *args, **kwargs)
 
-    monkeypatch.setattr(cp, "encode_images", encode)
+    monkeypatch.setattr(clip_features, "encode_images", encode)
     return calls
 
 
@@ -279,7 +283,7 @@ def test_corrupt_cache_file_is_rebuilt(tmp_path, counted, caplog, damage):
         saved = torch.load(path, weights_only=True)
         saved["features"] = saved["features"].flip(0)  # a plausible tensor, but not the one checksummed
         torch.save(saved, path)
-    with caplog.at_level(logging.WARNING, logger="trainables.images"):
+    with caplog.at_level(logging.WARNING, logger="trainables.clip"):
         again = cp.prepare_features(config)
     assert counted[-1] == ("val", [None]) and len(counted) == 3
     assert any(path in r.getMessage() for r in caplog.records)
@@ -297,10 +301,10 @@ def no_model_work(monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("model work before the input was validated")
 
-    monkeypatch.setattr(cp, "_BACKBONES", {})
+    monkeypatch.setattr(clip_backbone, "_BACKBONES", {})
     monkeypatch.setattr(open_clip, "create_model", forbidden)
-    monkeypatch.setattr(cp, "encode_images", forbidden)
-    monkeypatch.setattr(cp, "_DATASETS", {})
+    monkeypatch.setattr(clip_features, "encode_images", forbidden)
+    monkeypatch.setattr(clip_trial, "_DATASETS", {})
 
 
 def _bad_input_cases(tmp_path) -> list[tuple[dict, str]]:
@@ -327,8 +331,8 @@ def _bad_input_cases(tmp_path) -> list[tuple[dict, str]]:
         ({"data": {"root": good, "shots": 1}, "views": 0}, "views"),
         ({"data": {"root": good, "shots": 1}, "attention": "flash"}, "'flash'"),
         ({"data": {"root": good, "shots": 1}, "schedule": "step"}, "'step'"),
-    ] + ([({"data": {"root": good, "shots": 1}, "batch_size": 0}, "batch_size")]  # where phase.py checks early
-         if cp._check_phase_config is not None else [])
+        ({"data": {"root": good, "shots": 1}, "batch_size": 0}, "batch_size"),  # the phase keys, checked early
+    ]
 
 
 def test_bad_input_raises_before_model_work(tmp_path, no_model_work):
@@ -345,7 +349,7 @@ def test_bad_input_raises_before_model_work(tmp_path, no_model_work):
 def test_unloadable_weights_name_the_model(tmp_path, monkeypatch):
     weights = tmp_path / "not_weights.pt"
     weights.write_bytes(b"garbage")
-    monkeypatch.setattr(cp, "_BACKBONES", {})
+    monkeypatch.setattr(clip_backbone, "_BACKBONES", {})
     with pytest.raises(ValueError, match="'coop-tiny'.*not_weights.pt"):
         cp.load_clip("coop-tiny", str(weights), cp.TINY_MODEL_CONFIG, device="cpu")
 

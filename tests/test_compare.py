@@ -12,27 +12,17 @@ from pathlib import Path
 
 import pytest
 
-from ray_llm_search import LLM, LLMSearch
+from ray_llm_search import LLMSearch
 from trainables.data import shared_data_spec
 
 ROOT = Path(__file__).parents[1]
 SHARED_DATA = Path(__file__).parents[2] / "shared" / "data"
-from ray_llm_search import compare  # noqa: E402
+from ray_llm_search import compare, testing  # noqa: E402
 
 
-class ScriptedLLM(LLM):
-    """Answers each call with ``n`` fresh prompts, counting calls and (made-up) tokens like a real LLM."""
-
-    style = "completion"
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls = 0
-
-    def propose(self, meta_prompt: str, n: int) -> list[str]:
-        self.calls += 1
-        self._count(self.usage, calls=1, prompt_tokens=len(meta_prompt.split()), completion_tokens=4 * n)
-        return [f"candidate {self.calls} number {i} says" for i in range(n)]
+def ScriptedLLM() -> testing.ScriptedLLM:
+    """Answers each call with ``n`` fresh prompts, counting calls and tokens like a real LLM."""
+    return testing.ScriptedLLM(words="candidate prompt", style="completion")
 
 
 def _args(**kw):

@@ -154,3 +154,23 @@ def test_hugging_face_datasets_format_is_a_clear_error_without_the_package():
                           "text_column": "sentence"})
     else:
         pytest.skip("datasets is installed here; the error path is for machines without it")
+
+
+def test_one_benchmark_table_feeds_the_comparison_and_the_examples():
+    from ray_llm_search import compare
+    from trainables.benchmarks import BENCHMARKS
+    from trainables.data import bbc_news_spec
+
+    assert set(BENCHMARKS) == set(SHARED_DATASETS) | {"bbc"}
+    for name, bench in BENCHMARKS.items():
+        assert compare.TASKS[name] == (bench.task, list(bench.seed_prompts)) and len(bench.seed_prompts) == 4
+        assert compare.DATASET_DEFAULTS.get(name, {}) == bench.defaults
+        if name == "bbc":
+            assert bench.data_spec(shots=4, seed=3) == bbc_news_spec(shots=4, val_shots=4, test_size=None, seed=3)
+        else:
+            spec = bench.data_spec(root=str(SHARED_DATA), shots=4, seed=3)
+            assert spec == shared_data_spec(name, root=str(SHARED_DATA), shots=4, seed=3)
+    # the comparison's config for a benchmark is the table's spec at the published settings
+    args = compare.parse_args(["--data-root", str(SHARED_DATA)])
+    assert compare.base_config(args, "sst2", 2)["data"] == BENCHMARKS["sst2"].data_spec(
+        root=str(SHARED_DATA), shots=args.shots, test_size=1000, seed=2)

@@ -130,3 +130,20 @@ def test_local_llm_proposes_real_text(llm):
     assert sum(parsed.rejected.values()) + len(parsed.candidates) >= 1
     blob = pickle.dumps(llm)
     assert len(blob) < 100_000  # the 135M model is not pickled with the searcher
+
+
+def test_the_local_llm_stops_at_the_newline_with_the_same_candidates(llm):
+    """Completion style keeps each continuation's first line; stopping once every row has ended it gives the
+    same candidates for fewer generated tokens."""
+    from ray_llm_search.mentor import Mentor
+    from ray_llm_search.pool import Evaluation
+
+    meta = Mentor(TASK, "val_acc").build_scored([Evaluation(0, s, 0.5, 0.4 + 0.1 * i) for i, s in enumerate(SEEDS)],
+                                                 8, style="completion")
+    plain = LocalLLM(seed=3, max_new_tokens=24, stop_at_newline=False)
+    plain._model, plain._tokenizer = llm._model, llm._tokenizer  # the same weights, loaded once
+    stopping = LocalLLM(seed=3, max_new_tokens=24)
+    stopping._model, stopping._tokenizer = llm._model, llm._tokenizer
+    assert stopping.propose(meta, 8) == plain.propose(meta, 8)
+    assert stopping.stop_at_newline  # this transformers has stop_strings
+    assert stopping.usage["completion_tokens"] < plain.usage["completion_tokens"]

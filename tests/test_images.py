@@ -13,8 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-from trainables.images import (
-    FeatureCache,
+from trainables.clip.features import FeatureCache
+from trainables.clip.images import (
     ImageExample,
     Preprocess,
     ViewsDataset,
@@ -323,7 +323,7 @@ def test_corrupt_cache_file_is_detected_and_rebuilt(tmp_path, caplog, damage):
         else:
             saved["key"] = "0" * 40
         torch.save(saved, path)
-    with caplog.at_level(logging.WARNING, logger="trainables.images"):
+    with caplog.at_level(logging.WARNING, logger="trainables.clip"):
         again = cache.get_or_build(fields, build)
     assert len(built) == 2 and cache.stats["corrupt"] == 1
     assert torch.equal(again[0], torch.arange(8, dtype=torch.float16).view(4, 2))

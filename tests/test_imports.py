@@ -24,7 +24,7 @@ def test_the_contract_and_the_phase_load_without_ray():
             "        if name == 'ray' or name.startswith('ray.'):\n"
             "            raise ImportError('no ray on this machine')\n"
             "sys.meta_path.insert(0, Block())\n"
-            "import trainables.phase, trainables.clip_prompt\n"
+            "import trainables.phase, trainables.clip\n"
             "from ray_llm_search import contract, presets\n"
             "assert trainables.phase.TIMING_KEYS == contract.TIMING_KEYS\n"
             "print('ray' in sys.modules)\n")

@@ -11,7 +11,8 @@ import torch
 
 peft = pytest.importorskip("peft")
 
-from ray_llm_search import LLM, LLMSearch  # noqa: E402
+from ray_llm_search import LLMSearch  # noqa: E402
+from ray_llm_search.testing import ScriptedLLM  # noqa: E402
 from trainables.data import bbc_news_spec  # noqa: E402
 from trainables.peft_prompt import PeftPrompt, build_peft_prompt, export_adapter, train_peft_prompt  # noqa: E402
 from trainables.phase import run_phase  # noqa: E402
@@ -109,12 +110,8 @@ def test_class_names_that_share_a_first_token_are_refused():
         PeftPrompt(None, ["a", "b"], "seq2seq")
 
 
-class Fixed(LLM):
-    style = "completion"
-
-    def propose(self, meta_prompt: str, n: int) -> list[str]:
-        self._count(self.usage, calls=1)
-        return ["news about the topic of", "what this article reports"][:n]
+def Fixed() -> ScriptedLLM:
+    return ScriptedLLM(then=["news about the topic of", "what this article reports"], style="completion")
 
 
 @pytest.mark.slow

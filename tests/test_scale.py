@@ -6,21 +6,11 @@ number of trials (bytes per trial after generation 10 within 1.5x of those after
 
 from __future__ import annotations
 
-import importlib.util
-import os
-
-EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
-
-
-def _bench():
-    spec = importlib.util.spec_from_file_location("bench_searcher", os.path.join(EXAMPLES, "bench_searcher.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from ray_llm_search.testing import scale_run
 
 
 def test_population_64_by_10_generations(tmp_path):
-    r = _bench().drive(population=64, generations=10, results_per_trial=5, log_dir=str(tmp_path))
+    r = scale_run(population=64, generations=10, results_per_trial=5, log_dir=str(tmp_path))
     assert r["trials"] == 640
     assert r["records"] == 10
     assert r["llm_calls"] == 9  # one round per generation after the first

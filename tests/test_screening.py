@@ -17,6 +17,7 @@ import torch
 
 from ray_llm_search import LLM, LLMSearch
 from ray_llm_search.contract import PromptOnly
+from ray_llm_search.testing import ScriptedLLM
 from trainables.phase import examples_key, run_phase
 
 TARGET = torch.tensor([[1.0, -1.0, 0.5, 0.0], [1.0, -1.0, 0.5, 0.0]])
@@ -138,20 +139,9 @@ def test_bad_screening_keys_are_refused(bad):
         phase({"prompt_init": "x", **bad})
 
 
-class Scripted(LLM):
-    """Answers every round with the same lines."""
-
-    style = "chat"
-
-    def __init__(self, lines: list[str]) -> None:
-        super().__init__()
-        self.lines = lines
-        self.meta_prompts: list[str] = []
-
-    def propose(self, meta_prompt: str, n: int) -> list[str]:
-        self._count(self.usage, calls=1)
-        self.meta_prompts.append(meta_prompt)
-        return ["\n".join(self.lines)]
+def Scripted(lines: list[str]) -> ScriptedLLM:
+    """An LLM that answers every round with the same lines (one reply)."""
+    return ScriptedLLM(then=["\n".join(lines)])
 
 
 def drive(search: LLMSearch, max_wait_s: float = 30.0, base: dict | None = None, model=None) -> list[dict]:
@@ -416,7 +406,7 @@ def test_mentor_scores_text_shows_each_text_with_its_own_score_and_never_a_vecto
     assert [r["config"]["generation"] for r in projections] == [0, 1]
     assert all(r["config"].get("project_best") for r in rows if r["config"]["generation"] < 2)
     assert not any(r["config"].get("project_best") for r in rows if r["config"]["generation"] >= 2)
-    second = llm.meta_prompts[1]
+    second = llm.prompts[1]
     vector_rows = [r for r in rows if not r.get("screen") and r["step"] > 0]
     for r in projections + [r for r in rows if r.get("screen") and not r.get("projection")
                             and r["config"]["generation"] == 1]:
@@ -433,7 +423,7 @@ def test_mentor_scores_text_shows_each_text_with_its_own_score_and_never_a_vecto
         return sum(max(r["evaluations"] for r in rs if r["trial_id"] == t) for t in {r["trial_id"] for r in rs})
 
     assert spent(rows) == spent(plain_rows) + 2
-    assert any(f"loss {r['loss']:.3f}, val_acc {r['val_acc']:.3f}" in plain_llm.meta_prompts[1]
+    assert any(f"loss {r['loss']:.3f}, val_acc {r['val_acc']:.3f}" in plain_llm.prompts[1]
                for r in plain_rows if not r.get("screen") and r["step"] > 0)
     with pytest.raises(ValueError, match="mentor_scores"):
         one_chain(tmp_path, llm, "both")

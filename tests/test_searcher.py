@@ -14,6 +14,7 @@ from collections.abc import Callable
 import pytest
 from ray.tune.search import Searcher
 
+from ray_llm_search import testing
 from ray_llm_search.llm import LLM, LLMError
 from ray_llm_search.pool import normalize
 from ray_llm_search.searcher import CONFIG_KEYS, LLMSearch
@@ -23,41 +24,13 @@ SECRET = "sk-test-SENTINEL-0123456789abcdef"
 WAIT_S = 5.0  # how long a test waits for the background LLM round before failing
 
 
-class ScriptedLLM(LLM):
-    """Returns canned replies in order (an exception in the script is raised), then fresh prompts.
+class ScriptedLLM(testing.ScriptedLLM):
+    """Canned replies in order, then fresh prompts ("1. llm idea {call} 0", ...); its ``api_key`` holds a
+    sentinel that must never reach the searcher's saved state."""
 
-    ``gate``: the calls listed in ``blocked_calls`` (1-based) wait on it, like a slow LLM.
-    ``api_key`` holds a sentinel that must never reach the searcher's saved state.
-    """
-
-    def __init__(
-        self,
-        script: list | None = None,
-        gate: threading.Event | None = None,
-        blocked_calls: set[int] | None = None,
-    ) -> None:
-        super().__init__()
-        self.script = list(script or [])
-        self.gate = gate
-        self.blocked_calls = blocked_calls
-        self.calls = 0
-        self.prompts: list[str] = []
-        self.api_key = SECRET
-
-    def propose(self, meta_prompt: str, n: int) -> list[str]:
-        self.calls += 1
-        call = self.calls
-        self.prompts.append(meta_prompt)
-        if self.gate is not None and (self.blocked_calls is None or call in self.blocked_calls):
-            if not self.gate.wait(10):
-                raise LLMError("timeout", "the test never opened the gate")
-        item = self.script.pop(0) if self.script else ["\n".join(f"{j + 1}. llm idea {call} {j}" for j in range(n))]
-        if isinstance(item, BaseException):
-            raise item
-        return item
-
-    def _transient(self) -> tuple[str, ...]:
-        return ("gate",)  # a threading.Event does not pickle
+    def __init__(self, script: list | None = None, gate: threading.Event | None = None,
+                 blocked_calls: set[int] | None = None) -> None:
+        super().__init__(script, gate=gate, blocked_calls=blocked_calls, api_key=SECRET)
 
 
 def make(tmp_path, llm: LLM, **kwargs) -> LLMSearch:

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_screening import TRAIN, VAL, Scripted, Toy, drive
 
 from ray_llm_search import LLMSearch, compare
 from trainables.phase import load_vectors, run_phase
-from test_screening import TRAIN, VAL, Scripted, Toy, drive
 
 
 class Lucky(Toy):

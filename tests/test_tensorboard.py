@@ -17,9 +17,9 @@ import pytest
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "scripts"))
 import rls_helpers as helpers  # noqa: E402
 
-from ray_llm_search.llm import LLM  # noqa: E402
 from ray_llm_search.searcher import LLMSearch  # noqa: E402
 from ray_llm_search.tensorboard import JOURNAL_FILE, GenerationLog, append_journal, read_journal  # noqa: E402
+from ray_llm_search.testing import ScriptedLLM  # noqa: E402
 
 
 def record(g: int, search_id: str = "s1", best: float = 0.5, **llm) -> dict:
@@ -88,14 +88,8 @@ def test_a_restored_log_purges_the_crashed_runs_later_events(tmp_path):
     assert [s for s, _ in texts["llm_search/meta_prompt/text_summary"]] == [1, 2]
 
 
-class CountingLLM(LLM):
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls = 0
-
-    def propose(self, meta_prompt: str, n: int) -> list[str]:
-        self.calls += 1
-        return ["\n".join(f"{i + 1}. fresh idea {self.calls} {i}" for i in range(n))]
+def CountingLLM() -> ScriptedLLM:
+    return ScriptedLLM(words="fresh idea")
 
 
 def _take(search: LLMSearch, start: int, size: int) -> list[str]:

@@ -13,13 +13,11 @@ import os
 import signal
 import socket
 import tempfile
-import threading
 import time
 import zlib
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from ray_llm_search.llm.base import LLM
+from ray_llm_search.testing import JSON, FakeOpenAI, Reply, completion, error  # noqa: F401  (the tests import them from here)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CONTRACT_KEYS = {"val_acc", "loss", "prompt_text", "step"}
@@ -177,108 +175,7 @@ class LogCapture(logging.Handler):
         self.messages.append(record.getMessage())
 
 
-# -- a fake OpenAI-compatible server ------------------------------------------------------------------------------
-
-JSON = {"Content-Type": "application/json"}
-
-
-@dataclass
-class Reply:
-    """One scripted answer: status, body (dict as JSON, or raw bytes), headers, seconds to hang first, and
-    whether the server stops listening after sending it (later connections are refused)."""
-
-    status: int = 200
-    body: dict | bytes = field(default_factory=dict)
-    headers: dict = field(default_factory=lambda: dict(JSON))
-    hang_s: float = 0.0
-    close_after: bool = False
-
-
-def completion(content: str | None = "1. a prompt", prompt_tokens: int = 10, completion_tokens: int = 5,
-               usage: bool = True) -> dict:
-    body = {
-        "id": "chatcmpl-test", "object": "chat.completion", "created": 1_700_000_000, "model": "test-model",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
-    }
-    if usage:
-        body["usage"] = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                         "total_tokens": prompt_tokens + completion_tokens}
-    return body
-
-
-def error(message: str, code: str = "error") -> dict:
-    return {"error": {"message": message, "type": code, "code": code}}
-
-
-class FakeOpenAI:
-    """A ThreadingHTTPServer on 127.0.0.1 answering POST /v1/chat/completions from a script.
-
-    ``requests`` records each request's arrival time, path, Authorization header and JSON body.
-    """
-
-    def __init__(self, script: list[Reply] | None = None) -> None:
-        self.script: list[Reply] = list(script or [])
-        self.requests: list[dict] = []
-        self.release = threading.Event()  # ends every hang at close()
-        self._lock = threading.Lock()
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                arrived = time.monotonic()
-                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                with fake._lock:
-                    fake.requests.append({"time": arrived, "path": self.path,
-                                          "authorization": self.headers.get("Authorization"),
-                                          "body": json.loads(raw or b"{}")})
-                    if self.path != "/v1/chat/completions":
-                        reply = Reply(404, error(f"no route {self.path}"))
-                    elif fake.script:
-                        reply = fake.script.pop(0)
-                    else:
-                        reply = Reply(599, error("script exhausted: unexpected request"))
-                if reply.hang_s:
-                    fake.release.wait(reply.hang_s)
-                data = reply.body if isinstance(reply.body, bytes) else json.dumps(reply.body).encode()
-                try:
-                    self.send_response(reply.status)
-                    for key, value in reply.headers.items():
-                        self.send_header(key, value)
-                    self.send_header("Content-Length", str(len(data)))
-                    self.send_header("Connection", "close")
-                    self.end_headers()
-                    self.wfile.write(data)
-                    self.wfile.flush()
-                except OSError:  # the client gave up (timeout)
-                    pass
-                if reply.close_after:
-                    fake.stop_listening()
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
-        self.base_url = f"http://127.0.0.1:{self.port}/v1"
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
-                                       daemon=True)
-        self.thread.start()
-        self._listening = True
-
-    def stop_listening(self) -> None:
-        """Close the listening socket now: from here on, connections to ``base_url`` are refused."""
-        with self._lock:
-            if not self._listening:
-                return
-            self._listening = False
-        self.server.shutdown()  # from a handler thread: serve_forever runs in another
-        self.server.server_close()
-
-    def close(self) -> None:
-        self.release.set()
-        self.stop_listening()
-        self.thread.join(timeout=5)
+# -- a fake OpenAI-compatible server: ray_llm_search.testing (FakeOpenAI, Reply, completion, error) ---------------
 
 
 def refused_port() -> int:

@@ -1,0 +1,65 @@
+"""The command-line flags every script of this project shares, one meaning per name.
+
+- LLM flags (``add_llm_flags``, read by ``llm_from_flags``): ``--llm`` (``local``: SmolLM2-135M offline, or
+  ``openai``: any OpenAI-compatible endpoint), ``--llm-model`` (the API model, or a local GGUF file),
+  ``--base-url`` and ``--api-key-env`` (the *name* of the variable holding the key; the key is never a flag).
+- Search flags (``add_search_flags``): ``--population``, ``--generations``, ``--elites``, ``--steps``,
+  ``--eval-every`` and ``--seed``, with each script's own defaults.
+
+``--model`` is never the LLM: where a script has a backbone (the comparison's text model, CoOp's CLIP
+architecture), ``--model`` names it; a script without one refuses ``--model`` and says to use ``--llm-model``.
+
+Example:
+    >>> p = argparse.ArgumentParser()
+    >>> add_llm_flags(p); add_search_flags(p, steps=12, eval_every=4)
+    >>> args = p.parse_args(["--llm", "openai", "--llm-model", "gpt-4o-mini"])
+    >>> llm = llm_from_flags(args)
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_llm_flags(parser, choices: tuple[str, ...] = ("local", "openai"), default: str = "local") -> None:
+    """``--llm``, ``--llm-model``, ``--base-url``, ``--api-key-env`` (``parser`` may be an argument group)."""
+    parser.add_argument("--llm", choices=list(choices), default=default,
+                        help="the mentor: local (SmolLM2-135M, offline) or openai (any OpenAI-compatible endpoint)")
+    parser.add_argument("--llm-model", default=None,
+                        help="the LLM: an API model name (openai) or a local GGUF file (local; default SmolLM2-135M)")
+    parser.add_argument("--base-url", default=None, help="OpenAI-compatible endpoint (vLLM, Ollama, llama.cpp)")
+    parser.add_argument("--api-key-env", default="OPENAI_API_KEY",
+                        help="name of the variable holding the API key (the value is never printed)")
+
+
+def refuse_model_flag(parser) -> None:
+    """A hidden ``--model`` that fails with a clear message, for a script whose only model is the LLM."""
+    parser.add_argument("--model", action=_UseLLMModel, default=None, help=argparse.SUPPRESS)
+
+
+class _UseLLMModel(argparse.Action):
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error(f"--model {values}: this script has no backbone flag; the LLM is --llm-model {values}")
+
+
+def add_search_flags(parser, *, population: int = 4, generations: int = 3, elites: int | None = 1, steps: int,
+                     eval_every: int, seed: int | None = 0) -> None:
+    """``--population``, ``--generations``, ``--elites`` (``None``: the design's own), ``--steps``,
+    ``--eval-every`` and, unless ``seed`` is None (a script that takes ``--seeds``), ``--seed``."""
+    parser.add_argument("--population", type=int, default=population, help="phases per generation")
+    parser.add_argument("--generations", type=int, default=generations, help="generations, including generation 0")
+    parser.add_argument("--elites", type=int, default=elites,
+                        help="phases carried on from their vectors" + (" (default: the design's own)" if elites is None else ""))
+    parser.add_argument("--steps", type=int, default=steps, help="gradient steps per phase (trial)")
+    parser.add_argument("--eval-every", type=int, default=eval_every, help="gradient steps between evaluations")
+    if seed is not None:
+        parser.add_argument("--seed", type=int, default=seed, help="seeds the search, its phases and the data split")
+
+
+def llm_from_flags(args, seed: int | None = None, **kwargs):
+    """The LLM the flags of ``add_llm_flags`` name (``ray_llm_search.llm.make_llm``); ``seed`` defaults to
+    ``args.seed``; ``kwargs`` go to the client (e.g. ``max_new_tokens``)."""
+    from ray_llm_search.llm import make_llm
+
+    return make_llm(args.llm, args.llm_model, base_url=args.base_url, api_key_env=args.api_key_env,
+                    seed=getattr(args, "seed", 0) if seed is None else seed, **kwargs)
