@@ -604,7 +604,7 @@ def rescore(run: dict, rule: str, args, cache: dict | None = None) -> bool:
     the vectors it kept (``--keep-vectors``): what the run would have reported had its arm chosen by ``rule``
     (the search does not depend on the rule). The earlier score stays in ``test_by_rule``. ``cache``: test
     accuracies by vectors file that ``python -m ray_llm_search.selection`` already computed (its
-    ``selection_cache.json``), used instead of evaluating again. False (and the run untouched) where the chosen
+    ``selection_cache.json``), used instead of evaluating again and given what is evaluated here. False (and the run untouched) where the chosen
     evaluation's vectors were not kept."""
     from trainables.text_prompt import evaluate_prompt
 
@@ -617,6 +617,8 @@ def rescore(run: dict, rule: str, args, cache: dict | None = None) -> bool:
         run_args = argparse.Namespace(**{**vars(args), **run.get("args", {})})
         test = evaluate_prompt(base_config(run_args, run["dataset"], run["seed"]), vectors_path=path)
         acc, text = test["acc"], test["prompt_text"]
+        if cache is not None:
+            cache[path] = acc
     else:
         return False
     run.setdefault("test_by_rule", {})[old] = run["test_acc"]
@@ -907,6 +909,9 @@ def parse_args(argv=None, default_out: str | None = None, prog: str | None = Non
     p.add_argument("--force", action="store_true", help="rerun runs already in results.json")
     p.add_argument("--no-seed-prompt", action="store_true", help="skip the seed prompt's test accuracy row")
     p.add_argument("--replot", action="store_true", help="only rewrite the table and plots from results.json")
+    p.add_argument("--rescore-only", action="store_true",
+                   help="only re-score recorded runs whose arm now chooses its final prompt by another rule (from "
+                        "their kept vectors); run nothing new")
     p.add_argument("--verbose", type=int, default=0)
     args = p.parse_args(argv)
     try:
@@ -957,7 +962,7 @@ def main(argv=None, llm_factory=None, default_out: str | None = None,
         units = []
         for dataset in args.datasets:
             for seed in args.seeds:
-                if not args.no_seed_prompt and not any(
+                if not args.no_seed_prompt and not args.rescore_only and not any(
                         r["dataset"] == dataset and r["seed"] == seed for r in results["seed_prompt"]):
                     results["seed_prompt"].append(seed_prompt_test(args, dataset, seed))
                     save_results(results, results_path)
@@ -972,14 +977,17 @@ def main(argv=None, llm_factory=None, default_out: str | None = None,
                             print(f"{dataset} seed {seed} {arm}: recorded run re-scored by {rule}: test "
                                   f"{done[0]['test_by_rule']}", flush=True)
                             save_results(results, results_path)
+                            with open(cache_path, "w") as f:
+                                json.dump(cache, f)
                             continue
                         print(f"{dataset} seed {seed} {arm}: recorded by {done[0].get('select', 'acc')}, its "
                               f"vectors not kept: run again to choose by {rule}", flush=True)
-                    units.append((dataset, seed, arm))
+                    if not args.rescore_only:
+                        units.append((dataset, seed, arm))
 
         def keep(run: dict) -> None:
             dataset, seed, arm = run["dataset"], run["seed"], run["arm"]
-            run["args"] = {k: v for k, v in vars(args).items() if k not in ("force", "replot", "verbose", "jobs")}
+            run["args"] = {k: v for k, v in vars(args).items() if k not in ("force", "replot", "rescore_only", "verbose", "jobs")}
             run["args"].update({k: setting(args, dataset, k) for k in GLOBAL_DEFAULTS})
             results["runs"] = [r for r in results["runs"] if (r["dataset"], r["seed"], r["arm"]) != (dataset, seed, arm)]
             results["runs"].append(run)

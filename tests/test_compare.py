@@ -245,7 +245,7 @@ def test_authors_schedule_spends_the_gradient_arms_budget_or_says_why_not():
 
 
 @pytest.mark.slow
-def test_authors_regime_runs_one_chain_at_the_same_budget(tmp_path):
+def test_authors_regime_runs_one_chain_at_the_same_budget(tmp_path, monkeypatch):
     argv = ["--datasets", "sst2", "--seeds", "3", "--generations", "3", "--population", "2", "--steps", "2",
             "--eval-every", "1", "--shots", "2", "--val-shots", "2", "--test-size", "10", "--max-length", "32",
             "--backend", "inline", "--out", str(tmp_path / "out"), "--storage", str(tmp_path / "storage"),
@@ -274,6 +274,16 @@ def test_authors_regime_runs_one_chain_at_the_same_budget(tmp_path):
         assert run["select"] == "loss" and run["best_val_acc"] == lowest["val_acc"]
         assert evaluate_prompt(config, vectors_path=lowest["loss_vectors_path"])["acc"] == run["test_acc"]
     assert runs["gradient"]["select"] == "acc"
+    # --rescore-only: a recorded run whose arm now chooses by another rule is re-scored from its kept vectors
+    # (the best-accuracy vectors file here), and nothing new runs (seed 4 is not recorded)
+    monkeypatch.setattr(compare, "arm_select", lambda arm: "acc")
+    again = compare.main(argv + ["--rescore-only", "--seeds", "3", "4"], llm_factory=lambda args, seed: ScriptedLLM())
+    rescored = {r["arm"]: r for r in again["results"]["runs"]}
+    assert len(again["results"]["runs"]) == len(runs)
+    for arm in ("authors", "authors-perturb"):
+        run, best = rescored[arm], compare.select_best(rescored[arm]["evaluations"], "acc")
+        assert run["select"] == "acc" and set(run["test_by_rule"]) == {"acc", "loss"}
+        assert run["test_acc"] == evaluate_prompt(config, vectors_path=best["vectors_path"])["acc"]
     # shown text scores: the 3 phases before the rounds project their best as text, paid for by screening
     # one candidate fewer per round, so the budget is the same
     faithful = runs["authors-faithful"]
