@@ -172,6 +172,7 @@ def test_gradient_chains_start_like_llm_search_and_continue_their_own_vectors(tm
 
 
 def test_hub_model_name_passes_through_to_transformers(monkeypatch):
+    import torch
     import transformers
 
     from trainables import text_prompt
@@ -184,7 +185,7 @@ def test_hub_model_name_passes_through_to_transformers(monkeypatch):
 
     monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", offline)
     with pytest.raises(ValueError, match=r"cannot load model 'roberta-large'.*a hub name needs the Hugging Face Hub"):
-        text_prompt.load_backbone("roberta-large", text_prompt._device("cpu"))
+        text_prompt.load_backbone("roberta-large", torch.device("cpu"))
     assert asked == ["roberta-large"]
 
 

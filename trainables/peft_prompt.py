@@ -41,9 +41,9 @@ import torch
 import torch.nn.functional as F
 
 from trainables.data import Example, TextDataset
-from trainables.phase import check_config, evaluate_logits, load_vectors, run_phase
+from trainables.phase import check_config, evaluate_logits, load_vectors, resolve_device, run_phase
 from trainables.projection import ids_to_text, project_to_tokens, special_token_ids, text_to_vectors
-from trainables.text_prompt import _device, dataset_for, resolve_model
+from trainables.text_prompt import dataset_for, resolve_model
 
 PEFT_DEFAULTS = {"model": None, "task_type": "seq_cls", "prompt_length": 8, "max_length": 128, "projection": "cosine",
                  "device": "auto"}
@@ -108,7 +108,7 @@ class PeftPrompt:
             raise ValueError(f"projection must be 'cosine' or 'l2', got {projection!r}")
         if len(label_names) < 2:
             raise ValueError(f"need at least 2 classes, got {label_names}")
-        self.device = _device(device)
+        self.device = resolve_device(device)
         self.model_name, self.task_type = model, task_type
         self.prompt_length, self.max_length, self.projection = prompt_length, max_length, projection
         self.label_names = list(label_names)

@@ -186,6 +186,13 @@ def examples_key(examples: list) -> str:
     return digest.hexdigest()[:16]
 
 
+def resolve_device(name: str) -> torch.device:
+    """``"auto"``: CUDA where there is one, else the CPU; any other name as ``torch.device`` reads it."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
 def _make_optimizer(name: str, params: list, lr: float, weight_decay: float) -> torch.optim.Optimizer:
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)

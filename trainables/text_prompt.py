@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from trainables.data import Example, TextDataset, load_dataset
-from trainables.phase import check_config, evaluate_logits, run_phase
+from trainables.phase import check_config, evaluate_logits, resolve_device, run_phase
 from trainables.projection import ids_to_text, project_to_tokens, special_token_ids, text_to_vectors
 
 TEXT_DEFAULTS = {
@@ -71,12 +71,6 @@ def resolve_model(name: str | None) -> str:
             raise ValueError(f"GGUF file not found: {name!r}")
         return convert_gguf(name)
     return name
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def load_backbone(name: str | None, device: torch.device):
@@ -132,7 +126,7 @@ class SoftPromptClassifier(torch.nn.Module):
             raise ValueError(f"max_length ({max_length}) must exceed prompt_length + 2 ({prompt_length + 2})")
         if len(label_names) < 2:
             raise ValueError(f"need at least 2 classes, got {label_names}")
-        self.device = _device(device)
+        self.device = resolve_device(device)
         self.model_name = model
         self.tokenizer, self.backbone, self.is_causal = load_backbone(model, self.device)
         self.prompt_length = prompt_length

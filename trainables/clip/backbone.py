@@ -12,9 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-from trainables.clip.images import (
-    Preprocess,
-)
+from trainables.clip.images import Preprocess
+from trainables.phase import resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -144,12 +143,6 @@ class ClipBackbone:
     device: torch.device
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def load_clip(name: str = "ViT-B-16", pretrained: str | None = "openai", model_config: dict | None = None,
               init_seed: int = 0, device: str | torch.device = "auto", image_tower: bool = True) -> ClipBackbone:
     """The frozen model, cached per process. Validates the name and weights first (``check_model``).
@@ -160,7 +153,7 @@ def load_clip(name: str = "ViT-B-16", pretrained: str | None = "openai", model_c
     import open_clip
 
     check_model(name, pretrained, model_config)
-    device = _device(device) if isinstance(device, str) else device
+    device = resolve_device(device) if isinstance(device, str) else device
     ident = weights_identity(name, pretrained, model_config, init_seed)
     key = (_canonical(ident), str(device))
     if key in _BACKBONES:
