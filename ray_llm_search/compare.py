@@ -25,6 +25,7 @@ The arms, on the same data splits (fixed by the run seed), ``G`` generations of 
 | ``screened-paired`` / ``screened-perturb-paired`` | as ``screened``, a candidate adopted only if it passes the paired sign test (``screen_test="paired"``; the preset ``"chains-paired"``) | ``G*P*K`` | ``G*P*E`` | 1 / 0 |
 | ``authors`` / ``authors-perturb`` | ``LLMSearch``'s default design (``presets.DEFAULT``) and its no-LLM twin: the MaaO authors' regime, one chain, 3 short phases each followed by an LLM round whose candidates are screened against the chain, then one long descent (``authors_schedule``) | ``G*P*K`` | ``G*P*E`` | 3 / 0 |
 | ``authors-faithful`` | ``authors`` with the mentor shown texts scored as text (``mentor_scores="text"``): the phases before each round score their best vectors' projection, one candidate fewer is screened per round | ``G*P*K`` | ``G*P*E`` | 3 |
+| ``authors-paired`` / ``authors-perturb-paired`` | ``authors`` (and its twin) with candidates adopted only on the paired sign test (the preset ``"authors-paired"``) | ``G*P*K`` | ``G*P*E`` | 3 / 0 |
 
 Without ``--arms``: ``gradient``, ``authors-perturb``, ``llm``, ``authors`` (gradient only, restarts without
 an LLM in the default design's allocation, LLM only, ``LLMSearch``'s default).
@@ -32,8 +33,9 @@ an LLM in the default design's allocation, LLM only, ``LLMSearch``'s default).
 ``K`` = ``--steps`` per phase, ``E = K / eval_every + 1`` evaluations per phase (a phase also evaluates its
 start). Generation 0 of ``gradient`` and ``llm+gradient`` is the same set of trials (same starts, same phase
 seeds), so the arms differ only in what starts the later phases: the chain's own vectors, or the LLM's
-prompts plus one elite. After the search, the arm's best phase (highest validation accuracy, ties: lower
-validation loss) is evaluated once on the test split. Each arm's steps and evaluations are counted from
+prompts plus one elite. After the search, the arm's final prompt is evaluated once on the test split: the
+evaluation its design chooses (``arm_select``: the lowest validation loss for the authors' designs, which
+choose so, ``select="loss"``; else the highest validation accuracy, ties: lower loss). Each arm's steps and evaluations are counted from
 what its trials reported and checked against the budget; a mismatch stops the run.
 
     python examples/compare.py --datasets sst2 trec ag_news rte --seeds 0 1 2   # examples/RESULTS.md
@@ -67,7 +69,7 @@ from trainables.benchmarks import BENCHMARKS  # noqa: E402
 
 ARMS = ("gradient", "llm", "llm+gradient", "perturb+gradient", "screened", "screened-perturb", "screened-paired",
         "screened-perturb-paired", "late-mix", "late-mix-perturb", "late-text", "authors", "authors-perturb",
-        "authors-faithful")
+        "authors-faithful", "authors-paired", "authors-perturb-paired")
 ARM_LABELS = {"gradient": "gradient only", "llm": "LLM only (OPRO-style)", "llm+gradient": "LLM + gradient (LLMSearch, restarts)",
               "screened": "chains + screened LLM starts", "screened-perturb": "chains + screened perturbed starts (no LLM)",
               "late-mix": "chains + late warm LLM restarts",
@@ -78,7 +80,9 @@ ARM_LABELS = {"gradient": "gradient only", "llm": "LLM only (OPRO-style)", "llm+
               "screened-perturb-paired": "chains + perturbed starts screened by a paired test (no LLM)",
               "authors": "LLMSearch default: authors' regime (1 chain, 3 screened LLM rounds, long descent)",
               "authors-perturb": "authors' regime, perturbed texts (no LLM)",
-              "authors-faithful": "authors' regime, mentor shown text scores"}
+              "authors-faithful": "authors' regime, mentor shown text scores",
+              "authors-paired": "authors' regime, LLM candidates adopted on a paired test",
+              "authors-perturb-paired": "authors' regime, perturbed texts adopted on a paired test (no LLM)"}
 # The arms in which new starts are screened: arm -> (where candidates come from, when they are screened, how
 # a winning candidate starts: None = --candidate-start, the test it must pass). "early": generation 0 scores
 # the seed prompts as text and every chain screens candidates before its first step; "late": the chains
@@ -90,22 +94,26 @@ SCREENED_ARMS = {"screened": ("llm", "early", None, "gain"), "screened-perturb":
                  "late-mix": ("llm", "late", "mix", "gain"), "late-mix-perturb": ("perturb", "late", "mix", "gain"),
                  "late-text": ("llm", "late", "text", "gain"),
                  "authors": ("llm", "authors", "text", "gain"), "authors-perturb": ("perturb", "authors", "text", "gain"),
-                 "authors-faithful": ("llm", "authors", "text", "gain")}
+                 "authors-faithful": ("llm", "authors", "text", "gain"),
+                 "authors-paired": ("llm", "authors", "text", "paired"),
+                 "authors-perturb-paired": ("perturb", "authors", "text", "paired")}
 # The preset (ray_llm_search.presets) each screened arm runs; its table entry above says where candidates
 # come from and how a winner starts.
 ARM_PRESETS = {"screened": "chains-screened", "screened-perturb": "chains-screened", "screened-paired": "chains-paired",
                "screened-perturb-paired": "chains-paired", "late-mix": "late-mix", "late-mix-perturb": "late-mix",
                "late-text": "late-mix", "authors": "authors", "authors-perturb": "authors",
-               "authors-faithful": "authors-faithful"}
+               "authors-faithful": "authors-faithful", "authors-paired": "authors-paired",
+               "authors-perturb-paired": "authors-paired"}
 # Arms whose mentor is shown texts with what they score as text (LLMSearch(mentor_scores="text")), each a
 # copy of the arm named beside it with the projections' evaluations taken from its screening.
 FAITHFUL_ARMS = {"authors-faithful": "authors"}
 # What the LLM adds: each LLM arm minus its no-LLM control (the same allocation, perturbed texts).
 CONTROLS = (("llm+gradient", "perturb+gradient"), ("screened", "screened-perturb"),
             ("screened-paired", "screened-perturb-paired"), ("late-mix", "late-mix-perturb"), ("authors", "authors-perturb"),
-            ("authors-faithful", "authors-perturb"))
-# Ablations of the mentor's input: an arm minus the same arm with the mentor shown vector scores.
-ABLATIONS = tuple((a, b) for a, b in FAITHFUL_ARMS.items())
+            ("authors-faithful", "authors-perturb"), ("authors-paired", "authors-perturb-paired"))
+# Ablations: an arm minus the same arm with one thing changed (the mentor shown vector scores; candidates
+# adopted on any gain instead of a paired test).
+ABLATIONS = tuple((a, b) for a, b in FAITHFUL_ARMS.items()) + (("authors-paired", "authors"),)
 # gradient only, its no-LLM twin (the same allocation as LLMSearch's default, perturbed texts), LLM only,
 # LLMSearch's default design (presets.DEFAULT)
 DEFAULT_ARMS = ("gradient", "authors-perturb", "llm", "authors")
@@ -794,7 +802,7 @@ def write_plots(results: dict, out: str) -> list[str]:
               "screened-perturb": "tab:purple", "late-mix": "tab:brown", "late-mix-perturb": "tab:gray",
               "perturb+gradient": "tab:olive", "authors": "tab:cyan", "authors-perturb": "tab:pink",
               "screened-paired": "darkred", "screened-perturb-paired": "indigo", "late-text": "goldenrod",
-              "authors-faithful": "teal"}
+              "authors-faithful": "teal", "authors-paired": "navy", "authors-perturb-paired": "salmon"}
     for dataset in sorted({r["dataset"] for r in results["runs"]}):
         runs = [r for r in results["runs"] if r["dataset"] == dataset]
         fig, axes = plt.subplots(1, 2, figsize=(11, 4))

@@ -14,6 +14,7 @@ at equal budget. ``examples/RESULTS.md`` has what each one measured.
 | ``"chains-screened"`` | the same, a candidate wins on any gain | −0.9 |
 | ``"late-mix"`` | every chain descends one generation, then screens ``G-1`` warm candidates ``(chain + text) / 2`` | −0.5 |
 | ``"authors-faithful"`` | ``"authors"`` with the mentor shown text scores (``mentor_scores="text"``) | −0.5 vs ``"authors"`` (2 tasks) |
+| ``"authors-paired"`` | ``"authors"`` whose candidates must win the paired sign test against the chain (``screen_test="paired"``) | see ``examples/RESULTS.md`` |
 | ``"restarts"`` | the first design: 1 elite continues, the LLM's texts restart the other ``P-1`` phases each generation | −2.8 (3 tasks, 3 seeds) |
 
 ``"authors"`` runs one trial at a time (one chain): give that trial every CPU or GPU of the machine
@@ -30,7 +31,7 @@ from __future__ import annotations
 
 DEFAULT = "authors"
 AUTHORS_ROUNDS = 3
-PRESETS = ("chains-paired", "chains-screened", "late-mix", "authors", "authors-faithful", "restarts")
+PRESETS = ("chains-paired", "chains-screened", "late-mix", "authors", "authors-faithful", "authors-paired", "restarts")
 
 
 def budget(population: int, generations: int, steps: int, eval_every: int) -> dict:
@@ -113,9 +114,9 @@ def preset(name: str = DEFAULT, *, population: int = 4, generations: int = 3, st
         return {"population": population, "elites": population,
                 "schedule": chains_schedule(generations, steps, "late"), "reuse_start_score": True,
                 "candidate_start": "mix"}
-    if name in ("authors", "authors-faithful"):
+    if name in ("authors", "authors-faithful", "authors-paired"):
         faithful = name == "authors-faithful"
-        return {"population": 1, "elites": 1, "seed_prompts": 1, "reuse_start_score": True,
+        return {**({"screen_test": "paired"} if name == "authors-paired" else {}),"population": 1, "elites": 1, "seed_prompts": 1, "reuse_start_score": True,
                 "schedule": authors_schedule(population, generations, steps, eval_every, faithful),
                 "mentor_scores": "text" if faithful else "vectors", "select": "loss"}
     return {"population": population, "generations": generations, "elites": 1}

@@ -441,7 +441,7 @@ class ToyEach(Toy):
         return loss, acc, [i < k for i in range(len(examples))]
 
 
-@pytest.mark.parametrize("name", ["chains-paired", "chains-screened", "late-mix", "authors", "authors-faithful",
+@pytest.mark.parametrize("name", ["chains-paired", "chains-screened", "late-mix", "authors", "authors-faithful", "authors-paired",
                                   "restarts"])
 def test_every_preset_spends_the_budget_of_gradient_chains(tmp_path, name):
     from ray_llm_search import presets
