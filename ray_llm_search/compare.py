@@ -23,11 +23,11 @@ The arms, on the same data splits (fixed by the run seed), ``G`` generations of 
 | ``late-mix`` / ``late-mix-perturb`` | every chain continues; after one generation of descent each chain screens ``G-1`` warm restarts ``(chain + candidate) / 2`` | ``G*P*K`` | ``G*P*E`` | 1 / 0 |
 | ``late-text`` | as ``late-mix``, the candidates starting from their text (the plain restart the warm one is measured against) | ``G*P*K`` | ``G*P*E`` | 1 |
 | ``screened-paired`` / ``screened-perturb-paired`` | as ``screened``, a candidate adopted only if it passes the paired sign test (``screen_test="paired"``; the preset ``"chains-paired"``) | ``G*P*K`` | ``G*P*E`` | 1 / 0 |
-| ``authors`` / ``authors-perturb`` | ``LLMSearch``'s default design (``presets.DEFAULT``) and its no-LLM twin: the MaaO authors' regime, one chain, 3 short phases each followed by an LLM round whose candidates are screened against the chain, then one long descent (``authors_schedule``) | ``G*P*K`` | ``G*P*E`` | 3 / 0 |
+| ``authors`` / ``authors-perturb`` | the MaaO authors' regime and its no-LLM twin, one chain, 3 short phases each followed by an LLM round whose candidates are screened against the chain, then one long descent (``authors_schedule``) | ``G*P*K`` | ``G*P*E`` | 3 / 0 |
 | ``authors-faithful`` | ``authors`` with the mentor shown texts scored as text (``mentor_scores="text"``): the phases before each round score their best vectors' projection, one candidate fewer is screened per round | ``G*P*K`` | ``G*P*E`` | 3 |
-| ``authors-paired`` / ``authors-perturb-paired`` | ``authors`` (and its twin) with candidates adopted only on the paired sign test (the preset ``"authors-paired"``) | ``G*P*K`` | ``G*P*E`` | 3 / 0 |
+| ``authors-paired`` / ``authors-perturb-paired`` | ``LLMSearch``'s default design (``presets.DEFAULT``) and its twin: ``authors`` with candidates adopted only on the paired sign test (the preset ``"authors-paired"``) | ``G*P*K`` | ``G*P*E`` | 3 / 0 |
 
-Without ``--arms``: ``gradient``, ``authors-perturb``, ``llm``, ``authors`` (gradient only, restarts without
+Without ``--arms``: ``gradient``, ``authors-perturb-paired``, ``llm``, ``authors-paired`` (gradient only, restarts without
 an LLM in the default design's allocation, LLM only, ``LLMSearch``'s default).
 
 ``K`` = ``--steps`` per phase, ``E = K / eval_every + 1`` evaluations per phase (a phase also evaluates its
@@ -78,10 +78,10 @@ ARM_LABELS = {"gradient": "gradient only", "llm": "LLM only (OPRO-style)", "llm+
               "perturb+gradient": "restarts without an LLM (LLMSearch, perturbed texts)",
               "screened-paired": "chains + LLM starts screened by a paired test",
               "screened-perturb-paired": "chains + perturbed starts screened by a paired test (no LLM)",
-              "authors": "LLMSearch default: authors' regime (1 chain, 3 screened LLM rounds, long descent)",
+              "authors": "authors' regime (1 chain, 3 screened LLM rounds, long descent)",
               "authors-perturb": "authors' regime, perturbed texts (no LLM)",
               "authors-faithful": "authors' regime, mentor shown text scores",
-              "authors-paired": "authors' regime, LLM candidates adopted on a paired test",
+              "authors-paired": "LLMSearch default: authors' regime, LLM candidates adopted on a paired test",
               "authors-perturb-paired": "authors' regime, perturbed texts adopted on a paired test (no LLM)"}
 # The arms in which new starts are screened: arm -> (where candidates come from, when they are screened, how
 # a winning candidate starts: None = --candidate-start, the test it must pass). "early": generation 0 scores
@@ -116,7 +116,7 @@ CONTROLS = (("llm+gradient", "perturb+gradient"), ("screened", "screened-perturb
 ABLATIONS = tuple((a, b) for a, b in FAITHFUL_ARMS.items()) + (("authors-paired", "authors"),)
 # gradient only, its no-LLM twin (the same allocation as LLMSearch's default, perturbed texts), LLM only,
 # LLMSearch's default design (presets.DEFAULT)
-DEFAULT_ARMS = ("gradient", "authors-perturb", "llm", "authors")
+DEFAULT_ARMS = ("gradient", "authors-perturb-paired", "llm", "authors-paired")
 
 # The shared benchmarks' task descriptions and seed prompts, and their published settings: trainables.benchmarks.
 TASKS: dict[str, tuple[str, list[str]]] = {n: (b.task, list(b.seed_prompts)) for n, b in BENCHMARKS.items()}

@@ -478,6 +478,7 @@ def test_preset_names_and_numbers_are_checked():
     assert 2 + sum(g["screen"] + 1 for g in uneven[1:4]) + uneven[4]["steps"] // 4 == 48 == presets.budget(
         4, 3, 12, 4)["evaluations"]
     kw = presets.preset(steps=8, eval_every=4)
-    assert presets.DEFAULT == "authors" and kw["population"] == kw["elites"] == 1 and kw["seed_prompts"] == 1
+    assert presets.DEFAULT == "authors-paired" and kw["population"] == kw["elites"] == 1 and kw["seed_prompts"] == 1
+    assert kw["screen_test"] == "paired" and kw["select"] == "loss"
     paired = presets.preset("chains-paired", steps=8, eval_every=4)
     assert paired["screen_test"] == "paired" and paired["elites"] == 4
