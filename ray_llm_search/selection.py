@@ -26,10 +26,10 @@ import statistics
 
 def choose(evaluations: list[dict], rule: str) -> dict:
     usable = [e for e in evaluations if not e.get("screen") and e.get("step_vectors_path")]
-    if rule == "acc":
-        return max(usable, key=lambda e: (e["val_acc"], -e["loss"], -e["generation"], -e["step"]))
-    if rule == "loss":
-        return min(usable, key=lambda e: (e["loss"], -e["val_acc"], e["generation"], e["step"]))
+    if rule in ("acc", "loss"):  # the comparison's own rules, in the same order
+        from ray_llm_search.compare import select_best
+
+        return select_best(usable, rule)
     if rule == "final":
         best = max(usable, key=lambda e: (e["val_acc"], -e["loss"]))
         trial = [e for e in usable if e["trial_id"] == best["trial_id"]]
