@@ -278,23 +278,19 @@ def build_ours(args, backbone, names, compile_mode: str = "none"):
 
 
 def phase_loop(model, args, seed: int = 0):
-    """A step exactly as run_phase takes it: sample a batch, loss, backward, SGD step, float(loss)."""
-    import torch
+    """The step ``run_phase`` takes (``trainables.phase.Phase.step``: a batch, loss, backward, the CoOp
+    schedule's learning rate, SGD step, ``float(loss)``), on a phase prepared from ``a photo of a``."""
+    import itertools
+
+    from trainables.phase import Phase
 
     train = model.examples("train")
-    rng = random.Random(seed)
-    prompt = torch.nn.Parameter(model.init_vectors("a photo of a").to(model.device))
-    optimizer = torch.optim.SGD([prompt], lr=0.002, momentum=0.9, weight_decay=5e-4)
-
-    def step() -> float:
-        batch = [train[rng.randrange(len(train))] for _ in range(min(args.batch, len(train)))]
-        optimizer.zero_grad(set_to_none=True)
-        loss = model.loss(prompt, batch)
-        loss.backward()
-        optimizer.step()
-        return float(loss.detach())
-
-    return step, prompt
+    config = {"prompt_init": "a photo of a", "phase_seed": seed, "steps": 1, "eval_every": 1, "batch_size": args.batch,
+              "lr": 0.002, "optimizer": "sgd", "weight_decay": 5e-4}
+    phase = Phase(config, model, train, train[:1])
+    phase.prepare()  # the start, evaluated on one example
+    steps = itertools.count(1)
+    return (lambda: phase.step(next(steps))), phase.prompt
 
 
 def _time_text(forward, params, args, device, autocast=None) -> float:

@@ -397,7 +397,6 @@ def run_arm(args, dataset: str, seed: int, arm: str, storage: str, llm_factory=N
     """One arm on one dataset and seed: the search, the budget checks, the selected best on test."""
     from ray import tune
 
-    from ray_llm_search import LLMSearch
     from trainables.text_prompt import evaluate_prompt, train_text_prompt
 
     task, seeds = task_of(args, dataset)
@@ -406,30 +405,7 @@ def run_arm(args, dataset: str, seed: int, arm: str, storage: str, llm_factory=N
     name = f"{dataset}_{arm.replace('+', '_')}_seed{seed}"
     log_dir = os.path.join(storage, name, "llm_search")
     config = base_config(args, dataset, seed)
-    llm = None
-    if arm == "gradient":
-        search = GradientChains(seeds, args.population, args.generations, seed, log_dir)
-    else:
-        perturbed = arm == "perturb+gradient" or (arm in SCREENED_ARMS and SCREENED_ARMS[arm][0] == "perturb")
-        llm = NoLLM() if perturbed else (llm_factory or make_llm)(args, seed)
-        if arm == "llm":
-            config["steps"] = 0
-            width = args.population * b["evals_per_phase"]  # as many evaluations per generation as the others
-            search = LLMSearch(llm, task, seeds, metric="val_acc", mode="max", population=width,
-                               generations=args.generations, elites=0, candidates_per_round=width,
-                               max_prompt_words=args.max_prompt_words, seed=seed, log_dir=log_dir)
-        elif arm in ("llm+gradient", "perturb+gradient"):
-            search = LLMSearch(llm, task, seeds, metric="val_acc", mode="max", population=args.population,
-                               generations=args.generations, elites=args.elites,
-                               proposals="perturb" if arm == "perturb+gradient" else "llm",
-                               max_prompt_words=args.max_prompt_words, seed=seed, log_dir=log_dir)
-        else:
-            proposals, _, candidate_start, _ = SCREENED_ARMS[arm]
-            search = LLMSearch.from_preset(
-                llm, task, seeds, ARM_PRESETS[arm], steps=args.steps, eval_every=args.eval_every,
-                population=args.population, generations=args.generations, metric="val_acc", mode="max",
-                proposals=proposals, candidate_start=candidate_start or args.candidate_start,
-                screen_margin=args.screen_margin, max_prompt_words=args.max_prompt_words, seed=seed, log_dir=log_dir)
+    search, llm = make_search(args, arm, task, seeds, seed, log_dir, config, llm_factory)
     recorder = Recorder()
     started = time.time()
     if args.backend == "inline":
@@ -462,6 +438,34 @@ def run_arm(args, dataset: str, seed: int, arm: str, storage: str, llm_factory=N
         "evaluations": evaluations, "experiment": os.path.join(storage, name),
         "split_sizes": _split_sizes(config),
     }
+
+
+def make_search(args, arm: str, task: str, seeds: list[str], seed: int, log_dir: str, config: dict,
+                llm_factory=None) -> tuple[Searcher, object]:
+    """The arm's searcher and its LLM (``None`` for gradient only); LLM only sets ``config["steps"] = 0``."""
+    from ray_llm_search import LLMSearch
+
+    b = budget(args)
+    if arm == "gradient":
+        return GradientChains(seeds, args.population, args.generations, seed, log_dir), None
+    perturbed = arm == "perturb+gradient" or (arm in SCREENED_ARMS and SCREENED_ARMS[arm][0] == "perturb")
+    llm = NoLLM() if perturbed else (llm_factory or make_llm)(args, seed)
+    common = {"metric": "val_acc", "mode": "max", "max_prompt_words": args.max_prompt_words, "seed": seed,
+              "log_dir": log_dir}
+    if arm == "llm":
+        config["steps"] = 0
+        width = args.population * b["evals_per_phase"]  # as many evaluations per generation as the others
+        return LLMSearch(llm, task, seeds, population=width, generations=args.generations, elites=0,
+                         candidates_per_round=width, **common), llm
+    if arm in ("llm+gradient", "perturb+gradient"):
+        return LLMSearch(llm, task, seeds, population=args.population, generations=args.generations,
+                         elites=args.elites, proposals="perturb" if arm == "perturb+gradient" else "llm",
+                         **common), llm
+    proposals, _, candidate_start, _ = SCREENED_ARMS[arm]
+    return LLMSearch.from_preset(
+        llm, task, seeds, ARM_PRESETS[arm], steps=args.steps, eval_every=args.eval_every,
+        population=args.population, generations=args.generations, proposals=proposals,
+        candidate_start=candidate_start or args.candidate_start, screen_margin=args.screen_margin, **common), llm
 
 
 def _split_sizes(config: dict) -> dict:
@@ -873,6 +877,31 @@ def save_results(results: dict, path: str) -> None:
 # -- main ------------------------------------------------------------------------------------------------------
 
 
+def _check_args(p: argparse.ArgumentParser, args) -> None:
+    """The tasks of ``--task-file`` and ``--data`` into ``args.user_tasks`` and ``args.datasets``; combinations
+    that cannot work end the command with a message (``p.error``)."""
+    try:
+        tasks = [load_task_file(path) for path in args.task_file]
+        flagged = task_from_flags(args)
+    except ValueError as e:
+        p.error(str(e))
+    tasks += [flagged] if flagged else []
+    args.user_tasks = {}
+    for task in tasks:
+        if task["name"] in args.user_tasks:
+            p.error(f"two tasks are named {task['name']!r}; give each task its own name")
+        args.user_tasks[task["name"]] = task
+    args.datasets = list(args.datasets or ([] if tasks else ["sst2"])) + list(args.user_tasks)
+    if args.head == "linear" and not args.replot:
+        # A linear head is trained with the prompt: evaluated without gradient steps it is its random init.
+        if "llm" in args.arms:
+            p.error("--head linear: the LLM-only arm evaluates prompts without gradient steps, so its linear head "
+                    "would stay untrained; use --arms gradient llm+gradient (or --head label_names)")
+        if not args.no_seed_prompt:
+            p.error("--head linear: the seed prompt's test row would use an untrained linear head; add "
+                    "--no-seed-prompt")
+
+
 def parse_args(argv=None, default_out: str | None = None, prog: str | None = None):
     p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--datasets", nargs="+", default=None, choices=sorted(TASKS),
@@ -922,26 +951,7 @@ def parse_args(argv=None, default_out: str | None = None, prog: str | None = Non
                         "their kept vectors); run nothing new")
     p.add_argument("--verbose", type=int, default=0)
     args = p.parse_args(argv)
-    try:
-        tasks = [load_task_file(path) for path in args.task_file]
-        flagged = task_from_flags(args)
-    except ValueError as e:
-        p.error(str(e))
-    tasks += [flagged] if flagged else []
-    args.user_tasks = {}
-    for task in tasks:
-        if task["name"] in args.user_tasks:
-            p.error(f"two tasks are named {task['name']!r}; give each task its own name")
-        args.user_tasks[task["name"]] = task
-    args.datasets = list(args.datasets or ([] if tasks else ["sst2"])) + list(args.user_tasks)
-    if args.head == "linear" and not args.replot:
-        # A linear head is trained with the prompt: evaluated without gradient steps it is its random init.
-        if "llm" in args.arms:
-            p.error("--head linear: the LLM-only arm evaluates prompts without gradient steps, so its linear head "
-                    "would stay untrained; use --arms gradient llm+gradient (or --head label_names)")
-        if not args.no_seed_prompt:
-            p.error("--head linear: the seed prompt's test row would use an untrained linear head; add "
-                    "--no-seed-prompt")
+    _check_args(p, args)
     return args
 
 
@@ -955,68 +965,15 @@ def main(argv=None, llm_factory=None, default_out: str | None = None,
     results_path = os.path.join(args.out, "results.json")
     results = load_results(results_path)
     if not args.replot:
-        b = budget(args)
         import ray
 
-        command = f"{prog} " + " ".join(sys.argv[1:] if argv is None else argv)
-        results.setdefault("commands", []).append(command)
+        results.setdefault("commands", []).append(f"{prog} " + " ".join(sys.argv[1:] if argv is None else argv))
         if args.backend == "tune":  # the inline backend needs no Ray cluster
             ray.init(num_cpus=args.cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False,
                      ignore_reinit_error=True)
-        storage = os.path.abspath(os.path.expanduser(args.storage))
-        print(f"budget per arm and seed: {b}")
-        cache_path = os.path.join(args.out, "selection_cache.json")  # test scores the selection study computed
-        cache = json.load(open(cache_path)) if os.path.isfile(cache_path) else {}
-        units = []
-        for dataset in args.datasets:
-            for seed in args.seeds:
-                if not args.no_seed_prompt and not args.rescore_only and not any(
-                        r["dataset"] == dataset and r["seed"] == seed for r in results["seed_prompt"]):
-                    results["seed_prompt"].append(seed_prompt_test(args, dataset, seed))
-                    save_results(results, results_path)
-                for arm in args.arms:
-                    done = [r for r in results["runs"] if (r["dataset"], r["seed"], r["arm"]) == (dataset, seed, arm)]
-                    if done and not args.force:
-                        check_recorded(done[0], args, b)
-                        rule = arm_select(arm)
-                        if done[0].get("select", "acc") == rule:
-                            continue
-                        if rescore(done[0], rule, args, cache):  # the arm now chooses its final prompt otherwise
-                            print(f"{dataset} seed {seed} {arm}: recorded run re-scored by {rule}: test "
-                                  f"{done[0]['test_by_rule']}", flush=True)
-                            save_results(results, results_path)
-                            with open(cache_path, "w") as f:
-                                json.dump(cache, f)
-                            continue
-                        print(f"{dataset} seed {seed} {arm}: recorded by {done[0].get('select', 'acc')}, its "
-                              f"vectors not kept: run again to choose by {rule}", flush=True)
-                    if not args.rescore_only:
-                        units.append((dataset, seed, arm))
-
-        def keep(run: dict) -> None:
-            dataset, seed, arm = run["dataset"], run["seed"], run["arm"]
-            run["args"] = {k: v for k, v in vars(args).items() if k not in ("force", "replot", "rescore_only", "verbose", "jobs")}
-            run["args"].update({k: setting(args, dataset, k) for k in GLOBAL_DEFAULTS})
-            results["runs"] = [r for r in results["runs"] if (r["dataset"], r["seed"], r["arm"]) != (dataset, seed, arm)]
-            results["runs"].append(run)
-            save_results(results, results_path)
-            write_tensorboard(run, args.out)
-            print(f"{dataset} seed {seed} {arm:>16}: test {run['test_acc']:.3f}  val {run['best_val_acc']:.3f}  "
-                  f"steps {run['gradient_steps']}  evals {run['n_evaluations']}  LLM calls {run['llm_calls']}  "
-                  f"{run['search_wall_s']:.0f}s  \"{run['best_prompt']}\"", flush=True)
-
-        if args.jobs > 1 and args.backend == "inline" and llm_factory is None:
-            import concurrent.futures
-            import multiprocessing
-
-            with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn"),
-                                                        initializer=_one_thread) as pool:
-                futures = [pool.submit(run_arm, args, d, s, a, storage) for d, s, a in units]
-                for future in concurrent.futures.as_completed(futures):
-                    keep(future.result())
-        else:
-            for dataset, seed, arm in units:
-                keep(run_arm(args, dataset, seed, arm, storage, llm_factory))
+        print(f"budget per arm and seed: {budget(args)}")
+        units = _pending_units(args, results, results_path)
+        _run_units(args, units, results, results_path, llm_factory)
         if ray.is_initialized():
             ray.shutdown()
     table = write_table(results, os.path.join(args.out, "RESULTS_TABLE.md"))
@@ -1028,6 +985,70 @@ def main(argv=None, llm_factory=None, default_out: str | None = None,
         plots = []
         print("matplotlib is not installed: no plot (pip install matplotlib, then --replot)")
     return {"results": results, "table": table, "plots": plots}
+
+
+def _pending_units(args, results: dict, results_path: str) -> list[tuple[str, int, str]]:
+    """The (dataset, seed, arm) runs still to do; on the way, each seed prompt's test score is recorded and
+    recorded runs whose arm now chooses its final prompt by another rule are re-scored from their vectors."""
+    b = budget(args)
+    cache_path = os.path.join(args.out, "selection_cache.json")  # test scores the selection study computed
+    cache = json.load(open(cache_path)) if os.path.isfile(cache_path) else {}
+    units = []
+    for dataset in args.datasets:
+        for seed in args.seeds:
+            if not args.no_seed_prompt and not args.rescore_only and not any(
+                    r["dataset"] == dataset and r["seed"] == seed for r in results["seed_prompt"]):
+                results["seed_prompt"].append(seed_prompt_test(args, dataset, seed))
+                save_results(results, results_path)
+            for arm in args.arms:
+                done = [r for r in results["runs"] if (r["dataset"], r["seed"], r["arm"]) == (dataset, seed, arm)]
+                if done and not args.force:
+                    check_recorded(done[0], args, b)
+                    rule = arm_select(arm)
+                    if done[0].get("select", "acc") == rule:
+                        continue
+                    if rescore(done[0], rule, args, cache):  # the arm now chooses its final prompt otherwise
+                        print(f"{dataset} seed {seed} {arm}: recorded run re-scored by {rule}: test "
+                              f"{done[0]['test_by_rule']}", flush=True)
+                        save_results(results, results_path)
+                        with open(cache_path, "w") as f:
+                            json.dump(cache, f)
+                        continue
+                    print(f"{dataset} seed {seed} {arm}: recorded by {done[0].get('select', 'acc')}, its "
+                          f"vectors not kept: run again to choose by {rule}", flush=True)
+                if not args.rescore_only:
+                    units.append((dataset, seed, arm))
+    return units
+
+
+def _run_units(args, units: list[tuple[str, int, str]], results: dict, results_path: str, llm_factory) -> None:
+    """Run each unit (in ``--jobs`` processes with the inline backend), saving every run as it ends."""
+    storage = os.path.abspath(os.path.expanduser(args.storage))
+
+    def keep(run: dict) -> None:
+        dataset, seed, arm = run["dataset"], run["seed"], run["arm"]
+        run["args"] = {k: v for k, v in vars(args).items() if k not in ("force", "replot", "rescore_only", "verbose", "jobs")}
+        run["args"].update({k: setting(args, dataset, k) for k in GLOBAL_DEFAULTS})
+        results["runs"] = [r for r in results["runs"] if (r["dataset"], r["seed"], r["arm"]) != (dataset, seed, arm)]
+        results["runs"].append(run)
+        save_results(results, results_path)
+        write_tensorboard(run, args.out)
+        print(f"{dataset} seed {seed} {arm:>16}: test {run['test_acc']:.3f}  val {run['best_val_acc']:.3f}  "
+              f"steps {run['gradient_steps']}  evals {run['n_evaluations']}  LLM calls {run['llm_calls']}  "
+              f"{run['search_wall_s']:.0f}s  \"{run['best_prompt']}\"", flush=True)
+
+    if args.jobs > 1 and args.backend == "inline" and llm_factory is None:
+        import concurrent.futures
+        import multiprocessing
+
+        with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn"),
+                                                    initializer=_one_thread) as pool:
+            futures = [pool.submit(run_arm, args, d, s, a, storage) for d, s, a in units]
+            for future in concurrent.futures.as_completed(futures):
+                keep(future.result())
+    else:
+        for dataset, seed, arm in units:
+            keep(run_arm(args, dataset, seed, arm, storage, llm_factory))
 
 
 def _one_thread() -> None:

@@ -12,7 +12,6 @@ replays it instead of asking again, and a generation recorded again after a rest
 
 from __future__ import annotations
 
-import concurrent.futures
 import logging
 import math
 import os
@@ -28,16 +27,15 @@ from ray.tune.search import Searcher
 
 from ray_llm_search import contract, presets, space, tables
 from ray_llm_search.budget import LLMBudget
-from ray_llm_search.llm.base import LLM, LLMError
-from ray_llm_search.mentor import Mentor, Parsed
+from ray_llm_search.llm.base import LLM
+from ray_llm_search.mentor import Mentor
 from ray_llm_search.pool import Evaluation, PromptPool, Trajectory, loss_key, normalize, perturb, vocabulary_of
-from ray_llm_search.tensorboard import GenerationLog, append_journal, read_journal
+from ray_llm_search.records import GenerationLog
+from ray_llm_search.rounds import Journal, Round, RoundEngine
 
 logger = logging.getLogger(__name__)
 
 _STATE_VERSION = 1
-# First wait before asking again after a reply with no usable prompt; doubles per further ask, at most 30 s.
-REASK_BACKOFF_S = 1.0
 # The keys the searcher adds to each trial's config live with the rest of the contract.
 CONFIG_KEYS, OPTIONAL_CONFIG_KEYS = contract.CONFIG_KEYS, contract.OPTIONAL_CONFIG_KEYS
 PROPOSALS = ("llm", "perturb")
@@ -133,76 +131,17 @@ class LLMSearch(Searcher):
         mentor_scores: str = "vectors",
         select: str = "metric",
     ) -> None:
-        if mode is not None and mode not in ("max", "min"):
-            raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
-        if metric is not None and (not isinstance(metric, str) or not metric):
-            raise ValueError(f"metric must be a non-empty string, got {metric!r}")
-        if not hasattr(llm, "propose"):
-            raise ValueError(f"llm must have propose(meta_prompt, n), e.g. LocalLLM() or OpenAIChat(...); got {llm!r}")
-        if isinstance(seed_prompts, str):
-            raise ValueError("seed_prompts must be a list of prompts, not one string")
-        seeds = [s.strip() for s in (seed_prompts or []) if isinstance(s, str) and s.strip()]
-        if not seeds:
-            raise ValueError("seed_prompts must hold at least one non-empty prompt, e.g. ['a photo of a']")
-        if not isinstance(population, int) or population < 1:
-            raise ValueError(f"population must be an integer >= 1, got {population!r}")
-        schedule = _check_schedule(schedule)
-        if schedule is not None:
-            if generations is not None and generations != len(schedule):
-                raise ValueError(f"generations={generations} but schedule has {len(schedule)} entries (one per "
-                                 "generation); pass one of them")
-            generations = len(schedule)
-        generations = 3 if generations is None else generations
-        if not isinstance(generations, int) or generations < 1:
-            raise ValueError(f"generations must be an integer >= 1, got {generations!r}")
-        if not isinstance(elites, int) or not 0 <= elites <= population:
-            raise ValueError(f"elites must be an integer in [0, population] = [0, {population}], got {elites!r}")
-        if isinstance(screen, bool) or not isinstance(screen, int) or screen < 0:
-            raise ValueError(f"screen must be an integer >= 0, got {screen!r}")
-        if proposals not in PROPOSALS:
-            raise ValueError(f"proposals must be one of {PROPOSALS}, got {proposals!r}")
-        if candidate_start not in ("text", "mix"):
-            raise ValueError(f"candidate_start must be 'text' or 'mix', got {candidate_start!r}")
-        if not isinstance(mix_alpha, (int, float)) or not 0 < mix_alpha <= 1:
-            raise ValueError(f"mix_alpha must be a number in (0, 1], got {mix_alpha!r}")
-        if isinstance(screen_margin, bool) or not isinstance(screen_margin, (int, float)) or not screen_margin >= 0:
-            raise ValueError(f"screen_margin must be a number of validation examples >= 0, got {screen_margin!r}")
-        llm_budget = LLMBudget.parse(llm_budget)
-        if screen_test not in ("gain", "paired"):
-            raise ValueError(f"screen_test must be 'gain' or 'paired', got {screen_test!r}")
-        if mentor_scores not in MENTOR_SCORES:
-            raise ValueError(f"mentor_scores must be one of {MENTOR_SCORES}, got {mentor_scores!r}")
-        if select not in SELECT:
-            raise ValueError(f"select must be one of {SELECT}, got {select!r}")
-        if not isinstance(top_k, int) or top_k < 1:
-            raise ValueError(f"top_k must be an integer >= 1, got {top_k!r}")
-        if candidates_per_round is not None and (
-                not isinstance(candidates_per_round, int) or candidates_per_round < 1):
-            raise ValueError(f"candidates_per_round must be an integer >= 1, got {candidates_per_round!r}")
-        if not isinstance(max_prompt_words, int) or max_prompt_words < 1:
-            raise ValueError(f"max_prompt_words must be an integer >= 1, got {max_prompt_words!r}")
-        if not isinstance(llm_timeout_s, (int, float)) or not llm_timeout_s > 0:
-            raise ValueError(f"llm_timeout_s must be a number of seconds > 0, got {llm_timeout_s!r}")
-        if isinstance(llm_reasks, bool) or not isinstance(llm_reasks, int) or llm_reasks < 0:
-            raise ValueError(f"llm_reasks must be an integer >= 0, got {llm_reasks!r}")
-        if log_dir is not None and (not isinstance(log_dir, str) or "://" in log_dir):
-            raise ValueError(
-                f"log_dir must be a filesystem path (on a cluster: a shared mount every node sees), got {log_dir!r}; "
-                "a URI such as s3://... belongs in Tune's storage_path"
-            )
-        style = meta_prompt_style or getattr(llm, "style", "chat")
-        if style not in ("chat", "completion"):
-            raise ValueError(f"meta_prompt_style must be 'chat' or 'completion', got {style!r}")
+        a = _check_arguments({k: v for k, v in locals().items() if k not in ("self", "__class__")})
         super().__init__(metric=metric, mode=mode)
         self.llm = llm
         self.task_description = task_description
-        self.seed_prompts = seeds
+        self.seed_prompts: list[str] = a["seed_prompts"]
         self.population = population
-        self.generations = generations
+        self.generations: int = a["generations"]
         self.elites = elites
         self.top_k = top_k
         self.candidates_per_round = candidates_per_round
-        self.schedule = schedule
+        self.schedule: list[dict] | None = a["schedule"]
         self.screen = screen
         self.proposals = proposals
         self.candidate_start = candidate_start
@@ -212,7 +151,7 @@ class LLMSearch(Searcher):
         self.screen_test = screen_test
         self.mentor_scores = mentor_scores
         self.select = select
-        self.llm_budget = llm_budget
+        self.llm_budget: LLMBudget | None = a["llm_budget"]
         self.max_prompt_words = max_prompt_words
         self.seed = seed
         self.preset: str | None = None  # the named design it was made from (from_preset), if any
@@ -220,14 +159,13 @@ class LLMSearch(Searcher):
         self.log_dir = os.path.abspath(os.path.expanduser(log_dir or f"~/ray_results/llm_search/{stamp}"))
         self.llm_timeout_s = llm_timeout_s
         self.llm_reasks = llm_reasks
-        self.meta_prompt_style = style
+        self.meta_prompt_style: str = a["meta_prompt_style"]
         self._reset_state()
         # This object's own id (a pickled copy gets a new one): a restore replays only the journaled answers of
         # the object that saved the state, never those a copy of it asked for on its own.
         self._incarnation = uuid.uuid4().hex[:12]
         self._domains: list = []  # the Tune search-space domains of the base config (see ray_llm_search.space)
-        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
-        self._future: concurrent.futures.Future | None = None
+        self._engine = self._round_engine()
         self._log: GenerationLog | None = None
 
     # -- state -------------------------------------------------------------------------------------------
@@ -238,7 +176,7 @@ class LLMSearch(Searcher):
         self._handed: Counter = Counter()  # trials handed out per generation
         self._queue: list[dict] = self._seed_configs()
         self._pool = PromptPool(self._mode or "max")
-        self._rounds: dict[int, dict] = {}  # generation -> what its LLM round asked, got and kept
+        self._rounds: dict[int, Round] = {}  # generation -> what its LLM round asked, got and kept
         self._records: list[dict] = []  # one summary per completed generation
         self._held: list[dict] = []  # elites waiting for their round's candidates to screen
         self._suspicious: dict[str, dict[str, int]] = {}  # trial -> {"non_finite"/"step": count}
@@ -247,12 +185,10 @@ class LLMSearch(Searcher):
         self._space_rng = random.Random(f"{self.seed}:space")  # apart from _rng: phase seeds do not depend on it
         self._cpu_s = 0.0
         self._events = 0
-        self._budget_warned = False
         # Names this search in generations.jsonl and the LLM journal, so that a restored search recognises its
         # own records in a log_dir that other searches may share.
         self._search_id = uuid.uuid4().hex[:16]
-        self._restored = False  # set by set_state: consult the LLM journal before asking
-        self._replay_from: str | None = None  # the incarnation whose journaled answers a restore replays
+        self._replay_from: str | None = None  # set by set_state: the incarnation whose journaled answers it replays
 
     @classmethod
     def from_preset(cls, llm: LLM, task_description: str, seed_prompts: list[str], preset: str = presets.DEFAULT, *,
@@ -324,7 +260,7 @@ class LLMSearch(Searcher):
         self._handed = Counter(state["handed"])
         self._queue = list(state["queue"])
         self._pool = state["pool"]
-        self._rounds = state["rounds"]
+        self._rounds = {g: self._round_from_state(r) for g, r in state["rounds"].items()}
         self._records = state["records"]
         self._held = list(state.get("held", []))
         self._suspicious = state.get("suspicious", {})
@@ -335,9 +271,10 @@ class LLMSearch(Searcher):
             self._space_rng.setstate(state["space_rng"])
         self.log_dir = state["log_dir"]
         self._search_id = state.get("search_id") or self._search_id
-        self._future = None
-        self._restored = True
+        # The engine consults the LLM journal of the object that saved the state before asking.
         self._replay_from = state.get("incarnation")
+        self._engine.close()
+        self._engine = self._round_engine()
         # A crashed driver may have written generations past this state: they are written again, replacing
         # their lines in generations.jsonl and (see GenerationLog) their TensorBoard points.
         if self._log is not None:
@@ -346,7 +283,7 @@ class LLMSearch(Searcher):
         # A round still running when the state was saved is asked again, unless the crashed run journaled its
         # answer (see _ask); finished rounds are never asked again.
         pending = self._rounds.get(self._generation)
-        if pending is not None and pending.get("status") == "pending":
+        if pending is not None and pending.status == "pending":
             self._restart_round(self._generation)
 
     def save(self, checkpoint_path: str) -> None:
@@ -362,21 +299,35 @@ class LLMSearch(Searcher):
     def __getstate__(self) -> dict:
         # Tune pickles the search algorithm with the experiment: leave out threads and open writers.
         state = dict(self.__dict__)
-        state["_executor"] = None
-        state["_future"] = None
+        state["_engine"] = None
         state["_log"] = None
         return state
 
     def __setstate__(self, state: dict) -> None:
         # Defaults for what an LLMSearch pickled by an older version (a tuner.pkl) lacks.
-        self.__dict__.update({"llm_reasks": 0, "_restored": False, "_replay_from": None,
+        self.__dict__.update({"llm_reasks": 0, "_replay_from": None,
                               "_search_id": uuid.uuid4().hex[:16], "schedule": None, "screen": 0, "proposals": "llm",
                               "candidate_start": "text", "mix_alpha": 0.5, "reuse_start_score": False, "screen_margin": 0, "screen_test": "gain", "llm_budget": None, "mentor_scores": "vectors", "preset": None, "select": "metric",
-                              "_budget_warned": False,
                               "_held": [], "_screened": {}, "_suspicious": {}, "_domains": [],
                               "_space_rng": random.Random()})
+        for stale in ("_executor", "_future", "_budget_warned", "_restored"):  # pickled by an older version
+            state.pop(stale, None)
         self.__dict__.update(state)
+        self._rounds = {g: self._round_from_state(r) for g, r in self._rounds.items()}
         self._incarnation = uuid.uuid4().hex[:12]
+        self._engine = self._round_engine()
+
+    def _round_engine(self) -> RoundEngine:
+        journal = Journal(self.log_dir, self._search_id, self._incarnation, self._replay_from)
+        return RoundEngine(self.llm, journal, self.llm_timeout_s, self.llm_reasks, self.llm_budget)
+
+    def _round_from_state(self, value: Round | dict) -> Round:
+        """A saved round; older versions saved dicts, some without the round's size or new starts."""
+        rnd = Round.from_state(value)
+        if isinstance(value, dict):
+            rnd.new_starts = int(value.get("new_starts", self.population - self.elites))
+            rnd.n = int(value.get("n") or self.candidates_per_round or max(1, self.population - self.elites))
+        return rnd
 
     # -- Tune's interface ---------------------------------------------------------------------------------
 
@@ -596,7 +547,7 @@ class LLMSearch(Searcher):
         if new_starts + slots > 0:
             self._start_round(nxt, new_starts, slots)
         else:
-            self._rounds[nxt] = {"generation": nxt, "status": "skipped"}
+            self._rounds[nxt] = Round.skipped(nxt)
 
     def _elite_specs(self, generation: int) -> list[dict]:
         """The best phase of each of the ``elites`` best lineages, to resume from its exact vectors."""
@@ -631,156 +582,46 @@ class LLMSearch(Searcher):
             meta_prompt = self.mentor.build_scored(self.text_scores()[: max(self.top_k, 12)], n, self.meta_prompt_style)
         else:
             meta_prompt = self.mentor.build(self._pool.ranked()[: self.top_k], n, self.meta_prompt_style)
-        self._rounds[generation] = {
-            "generation": generation,
-            "status": "pending",
-            "meta_prompt": meta_prompt,
-            "started": time.time(),
-            "attempt": 0,
-            "replies": [],
-            "candidates": [],
-            "rejected": {},
-            "n": n,
-            "new_starts": new_starts,
-            "screen_slots": slots,
-            "faults_before": dict(getattr(self.llm, "faults", {}) or {}),
-        }
-        if self.proposals == "perturb":
-            # No LLM: the candidates are random edits of the best texts, ready at once.
-            self._future = concurrent.futures.Future()
-            self._future.set_result([])
-            self._rounds[generation]["direct"] = self._perturbed(n, generation, set())
-            return
-        self._ask(generation)
-
-    def _ask(self, generation: int, delay_s: float = 0.0) -> None:
-        """Hand the round's current ask to the background thread, or, in a restored search, replay the answer
-        that the crashed driver journaled, so that the LLM is not asked twice for the same round."""
-        info = self._rounds[generation]
-        attempt = info["attempt"]
-        entry = None
-        if self._restored and self._replay_from:
-            entry = read_journal(self.log_dir, self._search_id, self._replay_from).get((generation, attempt))
-        if entry is not None:
-            logger.info("LLM round %d (ask %d): replaying the answer journaled before the restore", generation,
-                        attempt + 1)
-            self._future = concurrent.futures.Future()
-            if entry.get("error"):
-                self._future.set_exception(LLMError(entry["error"], entry.get("message") or "journaled failure"))
-            else:
-                self._future.set_result(list(entry.get("replies") or []))
-            info["replayed"] = info.get("replayed", 0) + 1
-            return
-        reached = self.llm_budget.reached(getattr(self.llm, "usage", None)) if self.llm_budget else None
-        if reached is not None:  # no call: the round fails at once and is filled from the pool
-            if not self._budget_warned:
-                logger.warning("LLM budget reached (%s): generation %d and later fill from the pool", reached,
-                               generation)
-                self._budget_warned = True
-            self._future = concurrent.futures.Future()
-            self._future.set_exception(LLMError("budget", f"LLM budget reached: {reached}"))
-            return
-        if self._executor is None:
-            self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="llm-search")
-        self._future = self._executor.submit(self._call_llm, generation, attempt, info["meta_prompt"],
-                                             self._round_size(info), delay_s)
-
-    def _call_llm(self, generation: int, attempt: int, meta_prompt: str, n: int, delay_s: float) -> list[str]:
-        """Runs in the background thread: one ask, its outcome journaled before the searcher sees it."""
-        if delay_s > 0:
-            time.sleep(delay_s)
-        entry = {"search_id": self._search_id, "incarnation": self._incarnation, "generation": generation,
-                 "attempt": attempt}
-        try:
-            result = self.llm.propose(meta_prompt, n)
-            # A bare string is one reply; iterating it would make every character a candidate.
-            replies = [result] if isinstance(result, str) else [r for r in result if isinstance(r, str)]
-        except LLMError as e:
-            append_journal(self.log_dir, {**entry, "error": e.kind, "message": str(e)[:300]})
-            raise
-        except Exception as e:
-            append_journal(self.log_dir, {**entry, "error": type(e).__name__, "message": str(e)[:300]})
-            raise
-        append_journal(self.log_dir, {**entry, "replies": replies})
-        return replies
+        rnd = Round(generation, meta_prompt=meta_prompt, n=n, new_starts=new_starts, screen_slots=slots,
+                    started=time.time())
+        if self.proposals == "perturb":  # no LLM: the candidates are random edits of the best texts
+            rnd.direct = self._perturbed(n, generation, set())
+        self._rounds[generation] = rnd
+        self._engine.start(rnd)
 
     def _poll_round(self) -> None:
+        """Once the current generation's round has ended: its candidates start the new phases (topped up from
+        the pool) and go to the held elites to screen."""
         generation = self._generation
-        info = self._rounds.get(generation)
-        if info is None or info["status"] != "pending":
+        rnd = self._rounds.get(generation)
+        if rnd is None or rnd.status != "pending":
             return
-        if self._future is None:  # restored without a thread (e.g. unpickled): ask again
+        if not self._engine.running:  # restored without a thread (e.g. unpickled): ask again
             self._restart_round(generation)
-            info = self._rounds[generation]
-        elapsed = time.time() - info["started"]
-        if not self._future.done() and elapsed < self.llm_timeout_s:
+            rnd = self._rounds[generation]
+        outcome = self._engine.poll(rnd, lambda replies, n: self.mentor.parse(
+            replies, n, seen=lambda t: not self._pool.is_new(t)))
+        if outcome is None:
             return
-        replies: list[str] = []
-        error = None
-        if not self._future.done():
-            error = "timeout"
-            logger.warning("LLM round %d took over %gs; filling from the pool", generation, self.llm_timeout_s)
-            self._future = None  # the thread's late answer is ignored
-            # Its one worker may hang on: the next round gets a fresh thread instead of queueing behind it.
-            self._executor.shutdown(wait=False)
-            self._executor = None
-        else:
-            try:
-                replies = self._future.result()
-            except LLMError as e:
-                error = e.kind
-                logger.warning("LLM round %d failed (%s); filling from the pool", generation, e)
-            except Exception as e:  # any bug or fault in a user's LLM must not end the search
-                error = type(e).__name__
-                logger.exception("LLM round %d raised; filling from the pool", generation)
-        # A failed ask has no reply to reject: its faults are counted by kind instead.
-        if info.get("direct") is not None:
-            parsed = Parsed(candidates=list(info["direct"]))
-        else:
-            parsed = Parsed() if error else self.mentor.parse(replies, self._round_size(info),
-                                                              seen=lambda t: not self._pool.is_new(t))
-        info["replies"] = info.get("replies", []) + [r[:4000] for r in replies]
-        info["candidates"] = info.get("candidates", []) + parsed.candidates
-        info["rejected"] = dict(Counter(info.get("rejected") or {}) + parsed.rejected)
-        attempt = info.get("attempt", 0)
-        delay = min(30.0, REASK_BACKOFF_S * 2**attempt)
-        if error is None and not info["candidates"] and attempt < self.llm_reasks:
-            if elapsed + delay < self.llm_timeout_s:
-                info["attempt"] = attempt + 1
-                logger.warning("LLM round %d: no usable prompt in its reply (rejected %s); asking again in %.1fs",
-                               generation, dict(parsed.rejected), delay)
-                self._ask(generation, delay)
-                return
-        faults = Counter(getattr(self.llm, "faults", {}) or {})
-        faults.subtract(info.pop("faults_before", {}))
-        if error == "timeout":
-            faults["round_timeout"] += 1
         held, self._held = self._held, []
         needed = self._sizes[generation] - self._handed[generation] - len(self._queue) - len(held)
-        candidates = info["candidates"][: max(0, needed)]
+        candidates = rnd.candidates[: max(0, needed)]
         specs = [self._spec(text, generation, "llm") for text in candidates]
         # Queued elites have not started yet, so the pool would not know their texts are taken.
         taken = {normalize(c) for c in candidates} | {normalize(s["prompt_init"]) for s in self._queue + held}
         fill = self._fill(max(0, needed - len(specs)), taken)
         specs += [self._spec(text, generation, "pool") for text in fill]
-        screened, screen_fill = self._assign_screening(info, held, generation, taken | {normalize(t) for t in fill})
+        screened, screen_fill = self._assign_screening(rnd, held, generation, taken | {normalize(t) for t in fill})
         self._queue.extend(held + specs)
-        faults = {k: v for k, v in faults.items() if v > 0}
-        info.update(
-            status="done" if error is None else "budget" if error == "budget" else "failed",
-            error=error,
-            seconds=round(elapsed, 3),
-            asks=info.pop("attempt", 0) + 1,
-            candidates=candidates,
-            filled=fill,
-            screened=screened,
-            screen_filled=screen_fill,
-            faults=faults,
-        )
-        log = logger.warning if error or faults or not (candidates or screened) else logger.info
+        error = outcome.error
+        rnd.status = "done" if error is None else "budget" if error == "budget" else "failed"
+        rnd.error, rnd.seconds, rnd.asks = error, round(outcome.elapsed, 3), rnd.attempt + 1
+        rnd.candidates, rnd.filled, rnd.screened, rnd.screen_filled = candidates, fill, screened, screen_fill
+        rnd.faults = outcome.faults
+        log = logger.warning if error or rnd.faults or not (candidates or screened) else logger.info
         log("generation %d: LLM round %s after %d ask(s) in %.1fs: %d candidates, %d from the pool; faults %s, "
-            "rejected %s", generation, "failed (" + error + ")" if error else "done", info["asks"], elapsed,
-            len(candidates) + len(screened), len(fill) + len(screen_fill), faults, info["rejected"])
+            "rejected %s", generation, "failed (" + error + ")" if error else "done", rnd.asks, outcome.elapsed,
+            len(candidates) + len(screened), len(fill) + len(screen_fill), rnd.faults, rnd.rejected)
 
     def text_scores(self) -> list[Evaluation]:
         """Every text evaluated as text so far, best first, each once (its first evaluation): the step-0
@@ -805,24 +646,19 @@ class LLMSearch(Searcher):
                 unique[key] = e
         return sorted(unique.values(), key=lambda e: (sign * e.metric, loss_key(e.loss)))
 
-    def _round_size(self, info: dict) -> int:
-        """Candidates a round asks for (rounds saved by an older version hold no ``n``)."""
-        return int(info.get("n") or self.candidates_per_round or max(1, self.population - self.elites))
-
     def _restart_round(self, generation: int) -> None:
-        info = self._rounds[generation]
-        self._start_round(generation, int(info.get("new_starts", self.population - self.elites)),
-                          int(info.get("screen_slots", 0)))
+        rnd = self._rounds[generation]
+        self._start_round(generation, rnd.new_starts, rnd.screen_slots)
 
-    def _assign_screening(self, info: dict, held: list[dict], generation: int,
+    def _assign_screening(self, rnd: Round, held: list[dict], generation: int,
                           taken: set[str]) -> tuple[list[str], list[str]]:
         """Hand the round's candidates past the new starts to the held elites, ``screen`` each (round robin),
         topped up with perturbed texts when the LLM gave too few, so that every generation screens as many
         candidates as planned (the budget does not depend on the mentor's luck)."""
-        slots = int(info.get("screen_slots", 0))
+        slots = rnd.screen_slots
         if not held or not slots:
             return [], []
-        rest = [c for c in info["candidates"] if normalize(c) not in taken]
+        rest = [c for c in rnd.candidates if normalize(c) not in taken]
         screened = rest[:slots]
         fill = self._perturbed(slots - len(screened), generation, taken | {normalize(c) for c in screened})
         texts = screened + fill
@@ -872,7 +708,7 @@ class LLMSearch(Searcher):
         scores = [s for s in (self._pool.score(t) for t in members) if s is not None]
         best = self._pool.ranked(generation)
         overall = self._pool.best()
-        info = self._rounds.get(generation, {})
+        rnd = self._rounds.get(generation)
         record = {
             "search_id": self._search_id,
             "generation": generation,
@@ -889,14 +725,12 @@ class LLMSearch(Searcher):
             "screened": len(self._screened.get(generation, [])) + sum(bool(t.adopted) for t in members),
             "adopted": [t.adopted for t in members if t.adopted],
             "non_finite": sum(self._suspicious.get(t.trial_id, {}).get("non_finite", 0) for t in members),
-            "llm": {k: info.get(k) for k in ("status", "error", "seconds", "asks", "meta_prompt", "replies",
-                                              "candidates", "filled", "screened", "screen_filled", "rejected", "faults")
-                    if k in info} or None,
+            "llm": rnd.record() if rnd is not None else None,
         }
         if self.llm_budget is not None:
             record["llm_budget"] = {"limits": self.llm_budget.limits(),
                                     "spent": self.llm_budget.spent(getattr(self.llm, "usage", None)),
-                                    "reached": info.get("status") == "budget"}
+                                    "reached": rnd is not None and rnd.status == "budget"}
         if stopped:
             record["stopped"] = stopped
         self._records.append(record)
@@ -920,9 +754,7 @@ class LLMSearch(Searcher):
             self._logger().close()
         except OSError:
             logger.exception("could not write best.json to %s", self.log_dir)
-        if self._executor is not None:
-            self._executor.shutdown(wait=False)
-            self._executor = None
+        self._engine.close()
 
     # -- results ------------------------------------------------------------------------------------------
 
@@ -1045,7 +877,7 @@ class LLMSearch(Searcher):
 
     @property
     def llm_seconds(self) -> float:
-        return sum(r.get("seconds") or 0.0 for r in self._rounds.values())
+        return sum(r.seconds or 0.0 for r in self._rounds.values())
 
 
 def _int(value: Any, default: int) -> int:
@@ -1065,6 +897,80 @@ def _float(value: Any) -> float:
         return float(value)
     except (TypeError, ValueError):
         return math.nan
+
+
+def _is_int(value: Any, low: int) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int) and value >= low
+
+
+def _is_number(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float))
+
+
+# LLMSearch's plain arguments: (name, is it valid, what it must be).
+_ARGUMENT_CHECKS = (
+    ("population", lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
+    ("screen", lambda v: _is_int(v, 0), "an integer >= 0"),
+    ("proposals", lambda v: v in PROPOSALS, f"one of {PROPOSALS}"),
+    ("candidate_start", lambda v: v in ("text", "mix"), "'text' or 'mix'"),
+    ("mix_alpha", lambda v: isinstance(v, (int, float)) and 0 < v <= 1, "a number in (0, 1]"),
+    ("screen_margin", lambda v: _is_number(v) and v >= 0, "a number of validation examples >= 0"),
+    ("screen_test", lambda v: v in ("gain", "paired"), "'gain' or 'paired'"),
+    ("mentor_scores", lambda v: v in MENTOR_SCORES, f"one of {MENTOR_SCORES}"),
+    ("select", lambda v: v in SELECT, f"one of {SELECT}"),
+    ("top_k", lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
+    ("candidates_per_round", lambda v: v is None or isinstance(v, int) and v >= 1, "an integer >= 1"),
+    ("max_prompt_words", lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
+    ("llm_timeout_s", lambda v: isinstance(v, (int, float)) and v > 0, "a number of seconds > 0"),
+    ("llm_reasks", lambda v: _is_int(v, 0), "an integer >= 0"),
+)
+
+
+def _check_arguments(a: dict) -> dict:
+    """``LLMSearch``'s arguments checked (a ``ValueError`` names the first bad one); returns the derived
+    values: ``seed_prompts`` (stripped, non-empty), ``generations``, ``schedule``, ``llm_budget``,
+    ``meta_prompt_style``."""
+    mode, metric, llm = a["mode"], a["metric"], a["llm"]
+    if mode is not None and mode not in ("max", "min"):
+        raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+    if metric is not None and (not isinstance(metric, str) or not metric):
+        raise ValueError(f"metric must be a non-empty string, got {metric!r}")
+    if not hasattr(llm, "propose"):
+        raise ValueError(f"llm must have propose(meta_prompt, n), e.g. LocalLLM() or OpenAIChat(...); got {llm!r}")
+    if isinstance(a["seed_prompts"], str):
+        raise ValueError("seed_prompts must be a list of prompts, not one string")
+    seeds = [s.strip() for s in (a["seed_prompts"] or []) if isinstance(s, str) and s.strip()]
+    if not seeds:
+        raise ValueError("seed_prompts must hold at least one non-empty prompt, e.g. ['a photo of a']")
+    for name, valid, what in _ARGUMENT_CHECKS[:1]:
+        if not valid(a[name]):
+            raise ValueError(f"{name} must be {what}, got {a[name]!r}")
+    schedule, generations = _check_schedule(a["schedule"]), a["generations"]
+    if schedule is not None:
+        if generations is not None and generations != len(schedule):
+            raise ValueError(f"generations={generations} but schedule has {len(schedule)} entries (one per "
+                             "generation); pass one of them")
+        generations = len(schedule)
+    generations = 3 if generations is None else generations
+    if not isinstance(generations, int) or generations < 1:
+        raise ValueError(f"generations must be an integer >= 1, got {generations!r}")
+    if not isinstance(a["elites"], int) or not 0 <= a["elites"] <= a["population"]:
+        raise ValueError(f"elites must be an integer in [0, population] = [0, {a['population']}], got {a['elites']!r}")
+    for name, valid, what in _ARGUMENT_CHECKS[1:]:
+        if not valid(a[name]):
+            raise ValueError(f"{name} must be {what}, got {a[name]!r}")
+    llm_budget = LLMBudget.parse(a["llm_budget"])
+    log_dir = a["log_dir"]
+    if log_dir is not None and (not isinstance(log_dir, str) or "://" in log_dir):
+        raise ValueError(
+            f"log_dir must be a filesystem path (on a cluster: a shared mount every node sees), got {log_dir!r}; "
+            "a URI such as s3://... belongs in Tune's storage_path"
+        )
+    style = a["meta_prompt_style"] or getattr(llm, "style", "chat")
+    if style not in ("chat", "completion"):
+        raise ValueError(f"meta_prompt_style must be 'chat' or 'completion', got {style!r}")
+    return {"seed_prompts": seeds, "generations": generations, "schedule": schedule, "llm_budget": llm_budget,
+            "meta_prompt_style": style}
 
 
 _SCHEDULE_KEYS = {"steps", "screen", "eval_every"}

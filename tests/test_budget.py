@@ -151,7 +151,7 @@ def test_a_budget_through_real_tune_run(server, tmp_path):
     ray = pytest.importorskip("ray")
     from ray import tune
 
-    from ray_llm_search.tensorboard import SUMMARY_FILE
+    from ray_llm_search.records import SUMMARY_FILE
 
     llm = chat(server)
     search = search_with(llm, tmp_path / "log", {"calls": 1}, generations=3)

@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "scr
 import rls_helpers as helpers  # noqa: E402
 
 from ray_llm_search import LLMSearch, OpenAIChat  # noqa: E402
-from ray_llm_search import searcher as searcher_module  # noqa: E402
+from ray_llm_search import rounds as rounds_module  # noqa: E402
 from trainables.data import bbc_news_spec  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -195,7 +195,7 @@ def llm_fault_run(ray_session, tmp_path_factory):
         mp.delenv(name, raising=False)
     mp.setenv("NO_PROXY", "127.0.0.1,localhost")
     mp.setenv(KEY_ENV, "sk-faults-test")
-    mp.setattr(searcher_module, "REASK_BACKOFF_S", 0.2)
+    mp.setattr(rounds_module, "REASK_BACKOFF_S", 0.2)
     server = helpers.FakeOpenAI(llm_fault_script())
     handler = helpers.LogCapture()
     logging.getLogger("ray_llm_search").addHandler(handler)

@@ -17,8 +17,9 @@ import pytest
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "scripts"))
 import rls_helpers as helpers  # noqa: E402
 
+from ray_llm_search.records import GenerationLog  # noqa: E402
+from ray_llm_search.rounds import JOURNAL_FILE, append_journal, read_journal  # noqa: E402
 from ray_llm_search.searcher import LLMSearch  # noqa: E402
-from ray_llm_search.tensorboard import JOURNAL_FILE, GenerationLog, append_journal, read_journal  # noqa: E402
 from ray_llm_search.testing import ScriptedLLM  # noqa: E402
 
 

@@ -28,8 +28,10 @@ import os
 import random
 import re
 import string
-from collections import defaultdict
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from trainables.sampling import LabelledSplits, few_shot, stratified
 
 FORMATS = ("csv", "tsv", "jsonl", "folder", "lines", "hf")
 _FORMATTER = string.Formatter()
@@ -42,19 +44,12 @@ class Example:
     text_b: str | None = None
 
 
-@dataclass
-class TextDataset:
-    """Fixed splits with integer labels ``0..C-1``; ``label_names[i]`` names class ``i``."""
-
-    train: list[Example]
-    val: list[Example]
-    test: list[Example]
-    label_names: list[str]
-    info: dict = field(default_factory=dict)
+class TextDataset(LabelledSplits):
+    """Splits of ``Example``; ``label_names[i]`` names class ``i``."""
 
     @property
-    def num_classes(self) -> int:
-        return len(self.label_names)
+    def label_names(self) -> list[str]:
+        return self.names
 
 
 def _read_text(path: str, encoding: str | None) -> str:
@@ -129,89 +124,103 @@ def read_rows(path: str, spec: dict) -> list[tuple[str, str | None, object]]:
     """``(text, text_b, raw_label)`` rows of one file or folder (or ``datasets`` split, format ``hf``)."""
     if spec.get("format") == "hf":
         rows = [_from_mapping(obj, spec, f"{path}[{n}]") for n, obj in enumerate(_hf_rows(path, spec))]
-        if not rows:
-            raise ValueError(f"no examples found in {path!r}")
-        return rows
-    if not os.path.exists(path):
-        raise ValueError(f"data path does not exist: {path!r}")
-    fmt = _format_of(path, spec.get("format"))
-    text_col = spec.get("text_column", "text")
-    text_b_col = spec.get("text_b_column")
-    label_col = spec.get("label_column", "label")
-    text_t, text_b_t = spec.get("text_template"), spec.get("text_b_template")
-    rows: list[tuple[str, str | None, object]] = []
-    if fmt == "folder":
-        classes = sorted(d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d)))
-        if not classes:
-            raise ValueError(f"folder {path!r} has no class sub-folders (expected one folder of .txt files per class)")
-        for cls in classes:
-            files = sorted(f for f in os.listdir(os.path.join(path, cls)) if not f.startswith("."))
-            if not files:
-                raise ValueError(f"class folder {os.path.join(path, cls)!r} is empty")
-            for name in files:
-                text = _read_text(os.path.join(path, cls, name), spec.get("encoding"))
-                rows.append((" ".join(text.split()), None, cls))
-    elif fmt == "jsonl":
-        content = _read_text(path, spec.get("encoding"))
-        for n, line in enumerate(content.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: not valid JSON ({e.msg})") from e
-            rows.append(_from_mapping(obj, spec, f"{path}:{n}"))
-    elif fmt == "lines":
-        content = _read_text(path, spec.get("encoding"))
-        for line in content.splitlines():
-            if line.strip():
-                label, _, text = line.strip().partition(" ")
-                rows.append((text, None, label.split(":")[0]))
     else:
-        content = _read_text(path, spec.get("encoding"))
-        delimiter = "\t" if fmt == "tsv" else ","
-        reader = csv.reader(content.splitlines(), delimiter=delimiter,
-                            quoting=csv.QUOTE_NONE if fmt == "tsv" else csv.QUOTE_MINIMAL)
-        named_cols = [c for c in (None if text_t else text_col, label_col) if c is not None]
-        header = spec.get("header", not all(isinstance(c, int) for c in named_cols))
-        lines = list(reader)
-        if header:
-            names = lines[0]
-            lines = lines[1:]
-
-            def index(col):
-                if isinstance(col, int):
-                    return col
-                if col not in names:
-                    raise ValueError(f"{path}: no column {col!r}; columns are {names}")
-                return names.index(col)
-        else:
-            names = None
-
-            def index(col):
-                if not isinstance(col, int):
-                    raise ValueError(f"{path} has no header (header: false), so columns must be indices, got {col!r}")
-                return col
-        ti = None if text_t else index(text_col)
-        li = index(label_col)
-        bi = index(text_b_col) if text_b_col is not None and not text_b_t else None
-        need = max(i for i in (ti, li, bi, 0) if i is not None)
-        for n, cells in enumerate(lines, 2 if header else 1):
-            if not cells:
-                continue
-            if need >= len(cells):
-                raise ValueError(f"{path}:{n}: expected at least {need + 1} columns, got {len(cells)}")
-            named = dict(zip(names, cells, strict=False)) if names else None
-            where = f"{path}:{n}"
-            text = _template(text_t, where, cells, named) if text_t else cells[ti]
-            text_b = (_template(text_b_t, where, cells, named) if text_b_t
-                      else cells[bi] if bi is not None else None)
-            rows.append((text, text_b, cells[li]))
-    if spec.get("clean"):
-        rows = [(_clean(t), _clean(b) if b else b, y) for t, b, y in rows]
+        if not os.path.exists(path):
+            raise ValueError(f"data path does not exist: {path!r}")
+        fmt = _format_of(path, spec.get("format"))
+        reader = {"folder": _folder_rows, "jsonl": _jsonl_rows, "lines": _lines_rows}.get(fmt, _table_rows)
+        rows = reader(path, spec, fmt)
+        if spec.get("clean"):
+            rows = [(_clean(t), _clean(b) if b else b, y) for t, b, y in rows]
     if not rows:
         raise ValueError(f"no examples found in {path!r}")
     return rows
+
+
+def _folder_rows(path: str, spec: dict, fmt: str) -> list[tuple[str, str | None, object]]:
+    """One sub-folder of text files per class; the folder's name is the label."""
+    classes = sorted(d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d)))
+    if not classes:
+        raise ValueError(f"folder {path!r} has no class sub-folders (expected one folder of .txt files per class)")
+    rows = []
+    for cls in classes:
+        files = sorted(f for f in os.listdir(os.path.join(path, cls)) if not f.startswith("."))
+        if not files:
+            raise ValueError(f"class folder {os.path.join(path, cls)!r} is empty")
+        for name in files:
+            text = _read_text(os.path.join(path, cls, name), spec.get("encoding"))
+            rows.append((" ".join(text.split()), None, cls))
+    return rows
+
+
+def _jsonl_rows(path: str, spec: dict, fmt: str) -> list[tuple[str, str | None, object]]:
+    rows = []
+    for n, line in enumerate(_read_text(path, spec.get("encoding")).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{n}: not valid JSON ({e.msg})") from e
+        rows.append(_from_mapping(obj, spec, f"{path}:{n}"))
+    return rows
+
+
+def _lines_rows(path: str, spec: dict, fmt: str) -> list[tuple[str, str | None, object]]:
+    """``LABEL[:fine] text`` per line (TREC's format)."""
+    rows = []
+    for line in _read_text(path, spec.get("encoding")).splitlines():
+        if line.strip():
+            label, _, text = line.strip().partition(" ")
+            rows.append((text, None, label.split(":")[0]))
+    return rows
+
+
+def _table_rows(path: str, spec: dict, fmt: str) -> list[tuple[str, str | None, object]]:
+    """CSV or TSV, columns named (with a header) or numbered (``header: false``), texts optionally templated."""
+    text_col, text_b_col = spec.get("text_column", "text"), spec.get("text_b_column")
+    label_col = spec.get("label_column", "label")
+    text_t, text_b_t = spec.get("text_template"), spec.get("text_b_template")
+    content = _read_text(path, spec.get("encoding"))
+    reader = csv.reader(content.splitlines(), delimiter="\t" if fmt == "tsv" else ",",
+                        quoting=csv.QUOTE_NONE if fmt == "tsv" else csv.QUOTE_MINIMAL)
+    named_cols = [c for c in (None if text_t else text_col, label_col) if c is not None]
+    header = spec.get("header", not all(isinstance(c, int) for c in named_cols))
+    lines = list(reader)
+    if not lines:
+        return []
+    names = lines[0] if header else None
+    lines = lines[1:] if header else lines
+    index = _column_index(path, names if header else None, bool(header))
+    ti = None if text_t else index(text_col)
+    li = index(label_col)
+    bi = index(text_b_col) if text_b_col is not None and not text_b_t else None
+    need = max(i for i in (ti, li, bi, 0) if i is not None)
+    rows = []
+    for n, cells in enumerate(lines, 2 if header else 1):
+        if not cells:
+            continue
+        if need >= len(cells):
+            raise ValueError(f"{path}:{n}: expected at least {need + 1} columns, got {len(cells)}")
+        named = dict(zip(names, cells, strict=False)) if names else None
+        where = f"{path}:{n}"
+        text = _template(text_t, where, cells, named) if text_t else cells[ti]
+        text_b = _template(text_b_t, where, cells, named) if text_b_t else cells[bi] if bi is not None else None
+        rows.append((text, text_b, cells[li]))
+    return rows
+
+
+def _column_index(path: str, names: list[str] | None, header: bool) -> Callable:
+    """``index(column) -> int``: a name looked up in the header, or a number (the only kind without one)."""
+    def index(col):
+        if isinstance(col, int):
+            return col
+        if not header:
+            raise ValueError(f"{path} has no header (header: false), so columns must be indices, got {col!r}")
+        if col not in (names or []):
+            raise ValueError(f"{path}: no column {col!r}; columns are {names}")
+        return names.index(col)
+    return index
 
 
 def _field(obj: dict, key, where: str, raw: bool = False):
@@ -235,30 +244,6 @@ def _label_map(raw_labels: list, names) -> tuple[dict, list[str]]:
     if len(names) != len(distinct):
         raise ValueError(f"label_names has {len(names)} names but the data has {len(distinct)} labels {distinct[:10]}")
     return {y: i for i, y in enumerate(distinct)}, [str(n) for n in names]
-
-
-def _by_class(examples: list[Example]) -> dict[int, list[Example]]:
-    groups: dict[int, list[Example]] = defaultdict(list)
-    for e in examples:
-        groups[e.label].append(e)
-    return groups
-
-
-def few_shot(examples: list[Example], k: int, rng: random.Random, where: str = "train",
-             cap: bool = False) -> tuple[list[Example], list[Example]]:
-    """``k`` examples per class (taken) and the rest, both in a fixed order given ``rng``; with ``cap`` a class
-    with fewer than ``k`` gives all it has."""
-    taken: list[Example] = []
-    rest: list[Example] = []
-    for label, group in sorted(_by_class(examples).items()):
-        if k > len(group) and not cap:
-            raise ValueError(f"{where}: class {label} has {len(group)} examples, fewer than the {k} asked per class "
-                             f"(set cap_shots: true to take what there is)")
-        group = list(group)
-        rng.shuffle(group)
-        taken += group[:k]
-        rest += group[k:]
-    return taken, rest
 
 
 def _read_split(entry, spec: dict) -> list[tuple[str, str | None, object]]:
@@ -290,7 +275,7 @@ def load_dataset(spec: dict) -> TextDataset:
         pool = examples
         train, pool = few_shot(pool, shots, rng, cap=cap)
         val, pool = few_shot(pool, val_shots, rng, where="validation", cap=cap)
-        test = pool if per_class_test is None else _stratified(pool, per_class_test, rng)
+        test = pool if per_class_test is None else stratified(pool, per_class_test, rng)
     elif "train" in spec:
         train_rows = _read_split(spec["train"], spec)
         test_rows = _read_split(spec["test"], spec) if spec.get("test") else []
@@ -303,12 +288,12 @@ def load_dataset(spec: dict) -> TextDataset:
         train, rest = few_shot(convert(train_rows), shots, rng, cap=cap)
         if val_rows:
             val_all = convert(val_rows)
-            val = val_all if len(val_all) <= val_shots * len(names) else _stratified(val_all, val_shots, rng)
+            val = val_all if len(val_all) <= val_shots * len(names) else stratified(val_all, val_shots, rng)
         else:
             val, _ = few_shot(rest, val_shots, rng, where="validation (drawn from train)", cap=cap)
         test = convert(test_rows)
         if spec.get("test_size") and len(test) > spec["test_size"]:
-            test = _stratified(test, max(1, spec["test_size"] // len(names)), rng)
+            test = stratified(test, max(1, spec["test_size"] // len(names)), rng)
     else:
         raise ValueError("data spec needs 'path' (one source split here) or 'train' (with optional 'val', 'test')")
     if len(names) < 2:
@@ -318,15 +303,6 @@ def load_dataset(spec: dict) -> TextDataset:
         raise ValueError(f"classes {empty} have no training examples (each needs {shots}); "
                          f"check label_names against the labels in the training data")
     return TextDataset(train, val, test, names, info={"shots": shots, "val_shots": val_shots, "seed": spec.get("seed", 0)})
-
-
-def _stratified(examples: list[Example], per_class: int, rng: random.Random) -> list[Example]:
-    out: list[Example] = []
-    for _, group in sorted(_by_class(examples).items()):
-        group = list(group)
-        rng.shuffle(group)
-        out += group[:per_class]
-    return out
 
 
 def bbc_news_spec(shots: int = 16, val_shots: int = 16, test_size: int | None = 500, seed: int = 0) -> dict:
@@ -356,6 +332,32 @@ def default_data_root() -> str:
     return os.path.join(os.path.dirname(os.path.dirname(here)), "shared", "data")
 
 
+# The shared benchmark sets (shared_data_spec): paths as tuples of parts under the data root.
+_SHARED_SPECS: dict[str, dict] = {
+    "sst2": {"train": ("sst2", "train.tsv"), "val": ("sst2", "dev.tsv"),
+             "test": {"path": ("sst2", "test.tsv"), "format": "lines"},
+             "format": "tsv", "text_column": "sentence", "label_column": "label",
+             "label_names": {"0": "negative", "1": "positive"}},
+    "trec": {"train": ("trec", "TREC.train"), "test": ("trec", "TREC.test"), "format": "lines", "encoding": "latin-1",
+             "label_names": {"ABBR": "abbreviation", "DESC": "description", "ENTY": "entity", "HUM": "human",
+                             "LOC": "location", "NUM": "number"}},
+    "ag_news": {"path": ("ag_news", "test.csv"), "format": "csv", "header": False, "text_template": "{1}. {2}",
+                "label_column": 0, "clean": True, "test_size": 1000,
+                "label_names": {"1": "world", "2": "sports", "3": "business", "4": "technology"}},
+    "rte": {"train": ("superglue_rte", "train.jsonl"), "test": ("superglue_rte", "val.jsonl"),
+            "format": "jsonl", "text_column": "premise", "text_b_column": "hypothesis",
+            "label_names": {"entailment": "yes", "not_entailment": "no"}},
+    "boolq": {"path": ("superglue_boolq", "val.jsonl"), "format": "jsonl", "text_column": "passage",
+              "text_b_column": "question", "test_size": 1000, "label_names": {"False": "no", "True": "yes"}},
+    "cb": {"train": ("superglue_cb", "fewglue_32dev", "train.jsonl"), "val": ("superglue_cb", "fewglue_32dev", "dev32.jsonl"),
+           "test": ("superglue_cb", "val.jsonl"), "format": "jsonl", "text_column": "premise",
+           "text_b_column": "hypothesis", "cap_shots": True,
+           "label_names": {"entailment": "yes", "contradiction": "no", "neutral": "maybe"}},
+    "wic": {"path": ("superglue_wic", "val.jsonl"), "format": "jsonl", "text_column": "sentence1",
+            "text_b_template": '{sentence2} Does "{word}" mean the same?', "label_names": {"False": "no", "True": "yes"}},
+}
+
+
 def shared_data_spec(name: str, root: str | None = None, shots: int = 16, val_shots: int | None = None,
                      test_size: int | None = None, seed: int = 0) -> dict:
     """Data spec for one of the benchmark sets staged in ``shared/data`` (their SOURCE.md files tell the origin).
@@ -381,43 +383,20 @@ def shared_data_spec(name: str, root: str | None = None, shots: int = 16, val_sh
     if not os.path.isdir(root):
         raise ValueError(f"shared data folder not found: {root!r} (set root= or $RAY_LLM_SEARCH_DATA)")
 
-    def at(*parts: str) -> str:
+    def at(parts: tuple[str, ...]) -> str:
         path = os.path.join(root, *parts)
         if not os.path.exists(path):
             raise ValueError(f"{name}: expected {path!r}; see {os.path.join(root, parts[0], 'SOURCE.md')}")
         return path
 
+    spec = {}
+    for key, value in _SHARED_SPECS[name].items():  # a tuple is a path under root, checked to exist
+        if isinstance(value, tuple):
+            value = at(value)
+        elif isinstance(value, dict) and isinstance(value.get("path"), tuple):
+            value = {**value, "path": at(value["path"])}
+        spec[key] = value
     base = {"shots": shots, "val_shots": val_shots or shots, "seed": seed}
-    if name == "sst2":
-        spec = {"train": at("sst2", "train.tsv"), "val": at("sst2", "dev.tsv"),
-                "test": {"path": at("sst2", "test.tsv"), "format": "lines"},
-                "format": "tsv", "text_column": "sentence", "label_column": "label",
-                "label_names": {"0": "negative", "1": "positive"}}
-    elif name == "trec":
-        spec = {"train": at("trec", "TREC.train"), "test": at("trec", "TREC.test"), "format": "lines",
-                "encoding": "latin-1",
-                "label_names": {"ABBR": "abbreviation", "DESC": "description", "ENTY": "entity", "HUM": "human",
-                                "LOC": "location", "NUM": "number"}}
-    elif name == "ag_news":
-        spec = {"path": at("ag_news", "test.csv"), "format": "csv", "header": False, "text_template": "{1}. {2}",
-                "label_column": 0, "clean": True, "test_size": 1000 if test_size is None else test_size,
-                "label_names": {"1": "world", "2": "sports", "3": "business", "4": "technology"}}
-    elif name == "rte":
-        spec = {"train": at("superglue_rte", "train.jsonl"), "test": at("superglue_rte", "val.jsonl"),
-                "format": "jsonl", "text_column": "premise", "text_b_column": "hypothesis",
-                "label_names": {"entailment": "yes", "not_entailment": "no"}}
-    elif name == "boolq":
-        spec = {"path": at("superglue_boolq", "val.jsonl"), "format": "jsonl", "text_column": "passage",
-                "text_b_column": "question", "test_size": 1000 if test_size is None else test_size,
-                "label_names": {"False": "no", "True": "yes"}}
-    elif name == "cb":
-        spec = {"train": at("superglue_cb", "fewglue_32dev", "train.jsonl"),
-                "val": at("superglue_cb", "fewglue_32dev", "dev32.jsonl"), "test": at("superglue_cb", "val.jsonl"),
-                "format": "jsonl", "text_column": "premise", "text_b_column": "hypothesis", "cap_shots": True,
-                "label_names": {"entailment": "yes", "contradiction": "no", "neutral": "maybe"}}
-    else:  # wic
-        spec = {"path": at("superglue_wic", "val.jsonl"), "format": "jsonl", "text_column": "sentence1",
-                "text_b_template": '{sentence2} Does "{word}" mean the same?', "label_names": {"False": "no", "True": "yes"}}
     spec.update(base)
     if test_size is not None:
         spec["test_size"] = test_size

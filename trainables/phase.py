@@ -219,158 +219,204 @@ def run_phase(config: dict, model, train: list, val: list,
     has begun, ``first_step_s`` (seconds from ``started_at`` to that step, start evaluations included);
     ``elapsed_s``: seconds from ``started_at`` to this report.
     """
-    started = time.time() if started is None else float(started)
-    cfg = check_config(config)
-    steps, eval_every, batch_size = cfg["steps"], cfg["eval_every"], cfg["batch_size"]
-    if not train or not val:
-        raise ValueError(f"a phase needs training and validation examples; got {len(train)} and {len(val)}")
-    in_tune = _in_tune()
-    if report is None:
-        report = _tune_report if in_tune else (lambda metrics, ckpt: None)
-    if in_tune:
-        match_threads()
-    trial_id = config.get("trial_id") or (_trial_id() if in_tune else "local")
-    seed = int(config.get("phase_seed", 0))
-    torch.manual_seed(seed)
-    rng = random.Random(seed)
-    identity = model.identity()
-    vector_dir = config.get("vector_dir")
-    vectors_path = os.path.join(vector_dir, f"{trial_id}.pt") if vector_dir else None
-    loss_path = (os.path.join(vector_dir, f"{trial_id}.loss.pt")
-                 if vector_dir and config.get("keep_lowest_loss") else None)
-    val_key = examples_key(val)
-    counted = {"evaluations": 0}
-    each = getattr(model, "evaluate_each", None)
-    right: dict = {"last": None, "known": None}  # per validation example, right or wrong, of the last evaluation (if known)
+    return Phase(config, model, train, val, report, started).run()
 
-    def evaluate(vectors: torch.Tensor) -> tuple[float, float]:
-        counted["evaluations"] += 1
-        if each is None:
-            right["last"] = None
-            return model.evaluate(vectors.detach(), val)
-        loss, acc, flags = each(vectors.detach(), val)
-        right["last"] = list(flags)
+
+class Phase:
+    """One gradient phase (``run_phase``): ``prepare()`` finds its start (a restart checkpoint, an elite's
+    vectors or text, screened candidates) and its optimizer; ``step(i)`` is one gradient step, the very step a
+    benchmark times; ``evaluate_and_report`` scores the prompt, keeps its vectors and reports; ``run()`` is
+    all of it."""
+
+    def __init__(self, config: dict, model, train: list, val: list,
+                 report: Callable[[dict, str | None], None] | None = None, started: float | None = None) -> None:
+        self.started = time.time() if started is None else float(started)
+        self.cfg = check_config(config)
+        if not train or not val:
+            raise ValueError(f"a phase needs training and validation examples; got {len(train)} and {len(val)}")
+        self.config, self.model, self.train, self.val = config, model, train, val
+        self.in_tune = _in_tune()
+        self.report = report or (_tune_report if self.in_tune else (lambda metrics, ckpt: None))
+        if self.in_tune:
+            match_threads()
+        self.trial_id = config.get("trial_id") or (_trial_id() if self.in_tune else "local")
+        seed = int(config.get("phase_seed", 0))
+        torch.manual_seed(seed)
+        self.rng = random.Random(seed)
+        self.identity = model.identity()
+        self.vector_dir = config.get("vector_dir")
+        self.vectors_path = os.path.join(self.vector_dir, f"{self.trial_id}.pt") if self.vector_dir else None
+        self.loss_path = (os.path.join(self.vector_dir, f"{self.trial_id}.loss.pt")
+                          if self.vector_dir and config.get("keep_lowest_loss") else None)
+        self.val_key = examples_key(val)
+        self.evaluations = 0
+        self._each = getattr(model, "evaluate_each", None)
+        # per validation example, right or wrong, of the last evaluation and of a saved start score (if known)
+        self.right: dict = {"last": None, "known": None}
+        self.best: dict | None = None
+        self.lowest_loss: float | None = None  # the lowest finite validation loss so far (kept in loss_path)
+        self.start_step = 0
+        self.start_right: list | None = None
+        self.timing: dict = {}
+        self.restored = _restart_state() if self.in_tune else None
+        self.prompt: torch.nn.Parameter | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self._lr_at = getattr(model, "lr_at", None)
+        self._base_lr = float(self.cfg["lr"])
+
+    def evaluate(self, vectors: torch.Tensor) -> tuple[float, float]:
+        """(loss, accuracy) on validation, counted in ``evaluations``."""
+        self.evaluations += 1
+        if self._each is None:
+            self.right["last"] = None
+            return self.model.evaluate(vectors.detach(), self.val)
+        loss, acc, flags = self._each(vectors.detach(), self.val)
+        self.right["last"] = list(flags)
         return loss, acc
 
-    start_step, best, restored = 0, None, _restart_state() if in_tune else None
-    lowest = {"loss": None}  # the lowest finite validation loss so far (kept in loss_path)
-    known = None  # (loss, acc) of the start, when a saved score may stand for its evaluation
-    if restored is not None:
-        prompt = restored["prompt"]
-        model.load_extra_state(restored["extra"])
-        start_step, best = restored["step"], restored["best"]
-        lowest["loss"] = restored.get("lowest_loss")
-        counted["evaluations"] = int(restored.get("evaluations", 0))
-        rng.setstate(restored["rng"])
-        logger.info("trial %s restarts at step %d from its checkpoint", trial_id, start_step)
-    elif config.get("resume_from"):
+    def prepare(self) -> tuple[dict, list]:
+        """The start vectors and the optimizer; returns the start's description and the screened candidates
+        that lost (``({}, [])`` for a trial restarted from its checkpoint)."""
+        prompt, known = self._initial_prompt()
+        prompt = prompt.detach().clone().float().to(self.model.device)
+        self.timing = {"started_at": self.started, "setup_s": round(time.time() - self.started, 4)}
+        start, screened = {}, []
+        if self.restored is None:
+            prompt, start, screened = _screen_start(self.config, self.cfg, self.model, prompt, known, self.evaluate,
+                                                    len(self.val), self.right)
+            self.start_right = start.get("right")
+        self.prompt = torch.nn.Parameter(prompt)
+        self.optimizer = _make_optimizer(self.cfg["optimizer"], [self.prompt, *self.model.extra_parameters()],
+                                         self._base_lr, float(self.cfg["weight_decay"]))
+        if self.restored is not None and self.restored.get("optimizer"):
+            self.optimizer.load_state_dict(self.restored["optimizer"])
+        return start, screened
+
+    def _initial_prompt(self) -> tuple[torch.Tensor, tuple[float, float] | None]:
+        """The vectors to start from, and ``(loss, acc)`` of a saved score that may stand for their evaluation."""
+        config, model, restored = self.config, self.model, self.restored
+        if restored is not None:
+            model.load_extra_state(restored["extra"])
+            self.start_step, self.best = restored["step"], restored["best"]
+            self.lowest_loss = restored.get("lowest_loss")
+            self.evaluations = int(restored.get("evaluations", 0))
+            self.rng.setstate(restored["rng"])
+            logger.info("trial %s restarts at step %d from its checkpoint", self.trial_id, self.start_step)
+            return restored["prompt"], None
+        if not config.get("resume_from"):
+            return model.init_vectors(config.get("prompt_init") or ""), None
         try:
-            saved = load_vectors(config["resume_from"], identity)
-            prompt = saved["prompt"]
-            model.load_extra_state(saved.get("extra") or {})
-            if (config.get("reuse_start_score") and saved.get("val_key") == val_key
-                    and _finite(saved.get("val_acc")) and _finite(saved.get("loss"))):
-                known = (float(saved["loss"]), float(saved["val_acc"]))
-                flags = saved.get("val_right")
-                right["known"] = list(flags) if isinstance(flags, list) and len(flags) == len(val) else None
+            saved = load_vectors(config["resume_from"], self.identity)
         except ValueError:
             # An elite whose file is unreachable (e.g. log_dir not shared by a cluster's nodes) still starts
             # from its projected text, which is what the searcher put in prompt_init.
-            logger.exception("trial %s: cannot resume from %s; starting from its text", trial_id, config["resume_from"])
-            prompt = model.init_vectors(config.get("prompt_init") or "")
-    else:
-        prompt = model.init_vectors(config.get("prompt_init") or "")
-    prompt = prompt.detach().clone().float().to(model.device)
-    timing = {"started_at": started, "setup_s": round(time.time() - started, 4)}
-    if restored is None:
-        prompt, start, screened = _screen_start(config, cfg, model, prompt, known, evaluate, len(val), right)
-    prompt = torch.nn.Parameter(prompt)
-    optimizer = _make_optimizer(cfg["optimizer"], [prompt, *model.extra_parameters()], float(cfg["lr"]),
-                                float(cfg["weight_decay"]))
-    if restored is not None and restored.get("optimizer"):
-        optimizer.load_state_dict(restored["optimizer"])
+            logger.exception("trial %s: cannot resume from %s; starting from its text", self.trial_id,
+                             config["resume_from"])
+            return model.init_vectors(config.get("prompt_init") or ""), None
+        model.load_extra_state(saved.get("extra") or {})
+        known = None
+        if (config.get("reuse_start_score") and saved.get("val_key") == self.val_key
+                and _finite(saved.get("val_acc")) and _finite(saved.get("loss"))):
+            known = (float(saved["loss"]), float(saved["val_acc"]))
+            flags = saved.get("val_right")
+            self.right["known"] = list(flags) if isinstance(flags, list) and len(flags) == len(self.val) else None
+        return saved["prompt"], known
 
-    lr_at = getattr(model, "lr_at", None)
-    base_lr = float(cfg["lr"])
+    def step(self, step: int) -> float:
+        """Gradient step ``step`` (1-based): a batch drawn with the phase's RNG, loss, backward, the learning
+        rate of ``lr_at`` where the model has one, the optimizer's step; returns the batch loss."""
+        if "first_step_s" not in self.timing:
+            self.timing["first_step_s"] = round(time.time() - self.started, 4)
+        train = self.train
+        batch = [train[self.rng.randrange(len(train))] for _ in range(min(self.cfg["batch_size"], len(train)))]
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.model.loss(self.prompt, batch)
+        loss.backward()
+        if self._lr_at is not None:
+            for group in self.optimizer.param_groups:
+                group["lr"] = float(self._lr_at(self._base_lr, step))
+        self.optimizer.step()
+        return float(loss.detach())
 
-    def base_metrics(val_acc: float, val_loss: float, text: str, step: int) -> dict:
+    def run(self) -> dict:
+        start, screened = self.prepare()
+        if self.restored is None:
+            # Candidates that lost the screening are evaluations too: one result each, before the phase's start.
+            for i, (text, (loss, acc)) in enumerate(screened):
+                self.report({**self._metrics(acc, loss, text, 0), "screen": True, "screen_index": i}, None)
+            self.evaluate_and_report(0, math.nan, scored=start["scored"], reused=start["reused"],
+                                     start=start["label"], start_text=start["text"])
+        steps, eval_every = self.cfg["steps"], self.cfg["eval_every"]
+        running = []
+        for step in range(self.start_step + 1, steps + 1):
+            running.append(self.step(step))
+            if step % eval_every == 0 or step == steps:
+                last = step == steps and bool(self.config.get("project_best"))
+                self.evaluate_and_report(step, sum(running) / len(running), project=last)
+                running = []
+        return {**(self.best or {}), "vectors_path": self.vectors_path, "evaluations": self.evaluations}
+
+    def _metrics(self, val_acc: float, val_loss: float, text: str, step: int) -> dict:
         return {"val_acc": val_acc, "loss": val_loss, "prompt_text": text, "step": step,
-                "generation": config.get("generation", 0), "origin": config.get("origin", "seed"),
-                "evaluations": counted["evaluations"], "torch_threads": torch.get_num_threads(), **timing,
-                "elapsed_s": round(time.time() - started, 4)}
+                "generation": self.config.get("generation", 0), "origin": self.config.get("origin", "seed"),
+                "evaluations": self.evaluations, "torch_threads": torch.get_num_threads(), **self.timing,
+                "elapsed_s": round(time.time() - self.started, 4)}
 
-    def evaluate_and_report(step: int, train_loss: float, scored: tuple[float, float] | None = None,
+    def evaluate_and_report(self, step: int, train_loss: float, scored: tuple[float, float] | None = None,
                             project: bool = False, **extra: Any) -> None:
-        nonlocal best
-        flags = start_right if scored is not None else None
+        """Score the prompt (or take ``scored``, the start's known score), keep its vectors where they are the
+        best or lowest-loss so far, and report (with a restart checkpoint inside Tune)."""
+        flags = self.start_right if scored is not None else None
         if scored is None:
-            scored = evaluate(prompt)
-            flags = right["last"]
+            scored = self.evaluate(self.prompt)
+            flags = self.right["last"]
         val_loss, val_acc = scored
-        text = model.project(prompt.detach())
-        improved = best is None or val_acc > best["val_acc"] or (val_acc == best["val_acc"] and val_loss < best["loss"])
-        if improved:
-            best = {"val_acc": val_acc, "loss": val_loss, "step": step, "prompt_text": text}
-            if vectors_path:
-                save_vectors(vectors_path, prompt, model.extra_state(), identity, text=text, val_acc=val_acc,
-                             loss=val_loss, val_key=val_key, step=step, prompt_init=config.get("prompt_init"),
-                             **({"val_right": flags} if flags is not None else {}))
-        if loss_path and _finite(val_loss) and (lowest["loss"] is None or val_loss < lowest["loss"]):
-            lowest["loss"] = val_loss
-            save_vectors(loss_path, prompt, model.extra_state(), identity, text=text, val_acc=val_acc,
-                         loss=val_loss, val_key=val_key, step=step)
-        metrics = {**base_metrics(val_acc, val_loss, text, step), "train_loss": train_loss,
-                   "best_val_acc": best["val_acc"], **extra}
-        if loss_path and lowest["loss"] is not None:
-            metrics["loss_vectors_path"] = loss_path
-        if vectors_path:
-            metrics["vectors_path"] = vectors_path
-            if config.get("keep_all_vectors"):  # for studies of how the final prompt is chosen
-                every = os.path.join(vector_dir, f"{trial_id}.step{step}.pt")
-                save_vectors(every, prompt, model.extra_state(), identity, text=text, val_acc=val_acc, loss=val_loss,
-                             val_key=val_key, step=step)
-                metrics["step_vectors_path"] = every
+        text = self.model.project(self.prompt.detach())
+        metrics = {**self._metrics(val_acc, val_loss, text, step), "train_loss": train_loss,
+                   **self._keep(step, text, val_acc, val_loss, flags), **extra}
         if project:
             # The best vectors' projection scored as text: reported before the final result, which stays the
             # trial's last (Tune's view of the phase is its vectors, not this text).
-            shown = best["prompt_text"]
-            p_loss, p_acc = evaluate(model.init_vectors(shown).detach().float().to(model.device))
-            report({**base_metrics(p_acc, p_loss, shown, step), "screen": True, "projection": True}, None)
-            metrics["evaluations"] = counted["evaluations"]
+            shown = self.best["prompt_text"]
+            p_loss, p_acc = self.evaluate(self.model.init_vectors(shown).detach().float().to(self.model.device))
+            self.report({**self._metrics(p_acc, p_loss, shown, step), "screen": True, "projection": True}, None)
+            metrics["evaluations"] = self.evaluations
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = None
-            if in_tune:
-                torch.save({"prompt": prompt.detach().cpu(), "extra": model.extra_state(), "step": step, "best": best,
-                            "rng": rng.getstate(), "optimizer": optimizer.state_dict(),
-                            "evaluations": counted["evaluations"], "lowest_loss": lowest["loss"]}, os.path.join(tmp, "phase.pt"))
+            if self.in_tune:
+                torch.save({"prompt": self.prompt.detach().cpu(), "extra": self.model.extra_state(), "step": step,
+                            "best": self.best, "rng": self.rng.getstate(), "optimizer": self.optimizer.state_dict(),
+                            "evaluations": self.evaluations, "lowest_loss": self.lowest_loss},
+                           os.path.join(tmp, "phase.pt"))
                 ckpt = tmp
-            report(metrics, ckpt)
+            self.report(metrics, ckpt)
 
-    start_right = start.get("right") if restored is None else None
-    if restored is None:
-        # Candidates that lost the screening are evaluations too: one result each, before the phase's start.
-        for i, (text, (loss, acc)) in enumerate(screened):
-            report({**base_metrics(acc, loss, text, 0), "screen": True, "screen_index": i}, None)
-        evaluate_and_report(0, math.nan, scored=start["scored"], reused=start["reused"],
-                            start=start["label"], start_text=start["text"])
-    running = []
-    for step in range(start_step + 1, steps + 1):
-        if "first_step_s" not in timing:
-            timing["first_step_s"] = round(time.time() - started, 4)
-        batch = [train[rng.randrange(len(train))] for _ in range(min(batch_size, len(train)))]
-        optimizer.zero_grad(set_to_none=True)
-        loss = model.loss(prompt, batch)
-        loss.backward()
-        if lr_at is not None:
-            for group in optimizer.param_groups:
-                group["lr"] = float(lr_at(base_lr, step))
-        optimizer.step()
-        running.append(float(loss.detach()))
-        if step % eval_every == 0 or step == steps:
-            last = step == steps and bool(config.get("project_best"))
-            evaluate_and_report(step, sum(running) / len(running), project=last)
-            running = []
-    return {**(best or {}), "vectors_path": vectors_path, "evaluations": counted["evaluations"]}
+    def _keep(self, step: int, text: str, val_acc: float, val_loss: float, flags: list | None) -> dict:
+        """Save the vectors where this evaluation is the phase's best (what an elite resumes from), its lowest
+        loss (``keep_lowest_loss``) or every one (``keep_all_vectors``); the metrics that say where."""
+        best = self.best
+        if best is None or val_acc > best["val_acc"] or (val_acc == best["val_acc"] and val_loss < best["loss"]):
+            self.best = {"val_acc": val_acc, "loss": val_loss, "step": step, "prompt_text": text}
+            if self.vectors_path:
+                self._save(self.vectors_path, text, val_acc, val_loss, step, prompt_init=self.config.get("prompt_init"),
+                           **({"val_right": flags} if flags is not None else {}))
+        if self.loss_path and _finite(val_loss) and (self.lowest_loss is None or val_loss < self.lowest_loss):
+            self.lowest_loss = val_loss
+            self._save(self.loss_path, text, val_acc, val_loss, step)
+        out: dict = {"best_val_acc": self.best["val_acc"]}
+        if self.loss_path and self.lowest_loss is not None:
+            out["loss_vectors_path"] = self.loss_path
+        if self.vectors_path:
+            out["vectors_path"] = self.vectors_path
+            if self.config.get("keep_all_vectors"):  # for studies of how the final prompt is chosen
+                every = os.path.join(self.vector_dir, f"{self.trial_id}.step{step}.pt")
+                self._save(every, text, val_acc, val_loss, step)
+                out["step_vectors_path"] = every
+        return out
+
+    def _save(self, path: str, text: str, val_acc: float, val_loss: float, step: int, **meta: Any) -> None:
+        save_vectors(path, self.prompt, self.model.extra_state(), self.identity, text=text, val_acc=val_acc,
+                     loss=val_loss, val_key=self.val_key, step=step, **meta)
 
 
 def _screen_start(config: dict, cfg: dict, model, prompt: torch.Tensor, known: tuple[float, float] | None,

@@ -61,11 +61,11 @@ def resolve_model(name: str | None) -> str:
             return name
         return os.path.join(list(spec.submodule_search_locations)[0], "model")
     if name in ("smollm2", "SmolLM2-135M-Instruct"):
-        from ray_llm_search.llm.local import convert_gguf, smollm2_gguf
+        from ray_llm_search.gguf import convert_gguf, smollm2_gguf
 
         return convert_gguf(smollm2_gguf())
     if name.endswith(".gguf"):
-        from ray_llm_search.llm.local import convert_gguf
+        from ray_llm_search.gguf import convert_gguf
 
         if not os.path.isfile(name):
             raise ValueError(f"GGUF file not found: {name!r}")

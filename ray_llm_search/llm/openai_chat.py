@@ -66,16 +66,9 @@ class OpenAIChat(LLM):
             )
         if style not in ("chat", "completion"):
             raise ValueError(f"style must be 'chat' or 'completion', got {style!r}")
-        self.model = model
-        self.base_url = base_url
-        self.api_key_env = api_key_env
-        self.temperature = temperature
-        self.max_tokens = max_tokens
-        self.timeout_s = timeout_s
-        self.retries = retries
-        self.backoff_s = backoff_s
-        self.max_backoff_s = max_backoff_s
-        self.style = style
+        self.model, self.base_url, self.api_key_env = model, base_url, api_key_env  # the endpoint
+        self.temperature, self.max_tokens, self.style = temperature, max_tokens, style  # what is asked
+        self.timeout_s, self.retries, self.backoff_s, self.max_backoff_s = timeout_s, retries, backoff_s, max_backoff_s
         self._client = None
 
     def _transient(self) -> tuple[str, ...]:

@@ -32,16 +32,16 @@ import math
 import os
 import random
 import re
-from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
+
+from trainables.sampling import SPLITS, LabelledSplits, by_class, stratified, take
 
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
-SPLITS = ("train", "val", "test")
 SPEC_KEYS = ("root", "split_file", "shots", "val_shots", "test_size", "seed", "classnames")
 
 
@@ -51,24 +51,12 @@ class ImageExample:
     label: int
 
 
-@dataclass
-class ImageDataset:
-    """Fixed splits with labels ``0..C-1``; ``classnames[i]`` is what the text encoder reads for class ``i``."""
-
-    train: list[ImageExample]
-    val: list[ImageExample]
-    test: list[ImageExample]
-    classnames: list[str]
-    info: dict = field(default_factory=dict)
+class ImageDataset(LabelledSplits):
+    """Splits of ``ImageExample``; ``classnames[i]`` is what the text encoder reads for class ``i``."""
 
     @property
-    def num_classes(self) -> int:
-        return len(self.classnames)
-
-    def split(self, name: str) -> list[ImageExample]:
-        if name not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}, got {name!r}")
-        return getattr(self, name)
+    def classnames(self) -> list[str]:
+        return self.names
 
 
 # -- class names --------------------------------------------------------------------------------------------
@@ -143,22 +131,6 @@ def _folder_classes(root: str) -> tuple[list[str], dict[str, list[str]]]:
     return classes, files
 
 
-def _take(group: list, k: int, rng: random.Random) -> tuple[list, list]:
-    group = list(group)
-    rng.shuffle(group)
-    return group[:k], group[k:]
-
-
-def _stratified(examples: list[ImageExample], per_class: int, rng: random.Random) -> list[ImageExample]:
-    groups: dict[int, list[ImageExample]] = defaultdict(list)
-    for e in examples:
-        groups[e.label].append(e)
-    out: list[ImageExample] = []
-    for label in sorted(groups):
-        out += _take(groups[label], per_class, rng)[0]
-    return out
-
-
 def _check_int(name: str, value, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"data['{name}'] must be an integer >= {minimum}, got {value!r}")
@@ -181,8 +153,8 @@ def _load_folder(root: str, spec: dict, shots: int, val_shots: int, rng: random.
             raise ValueError(f"class folder {folder!r} has {len(images)} images, fewer than shots + val_shots = "
                              f"{shots} + {val_shots} (validation images come from the same folder); lower "
                              f"data['val_shots'] or add images")
-        taken, rest = _take(images, shots, rng)
-        held, rest = _take(rest, val_shots, rng)
+        taken, rest = take(images, shots, rng)
+        held, rest = take(rest, val_shots, rng)
         train += [ImageExample(p, label) for p in taken]
         val += [ImageExample(p, label) for p in held]
         test += [ImageExample(p, label) for p in sorted(rest)]
@@ -226,9 +198,7 @@ def _read_split_file(path: str, root: str) -> tuple[dict[str, list[ImageExample]
 def _load_split_file(root: str, spec: dict, shots: int, val_shots: int, rng: random.Random):
     path = os.path.abspath(os.path.expanduser(spec["split_file"]))
     splits, raw_names = _read_split_file(path, root)
-    groups: dict[int, list[ImageExample]] = defaultdict(list)
-    for e in splits["train"]:
-        groups[e.label].append(e)
+    groups = by_class(splits["train"])
     train: list[ImageExample] = []
     rest: list[ImageExample] = []
     for label in range(len(raw_names)):
@@ -236,11 +206,11 @@ def _load_split_file(root: str, spec: dict, shots: int, val_shots: int, rng: ran
         if shots > len(group):
             raise ValueError(f"class {raw_names[label]!r} (label {label}) has {len(group)} training images in "
                              f"{path!r}, fewer than shots={shots}; lower data['shots']")
-        taken, left = _take(group, shots, rng)
+        taken, left = take(group, shots, rng)
         train += taken
         rest += left
     source = splits["val"] or rest  # CoOp: few-shot validation from the val list, min(shots, 4) per class
-    val = _stratified(source, val_shots, rng)
+    val = stratified(source, val_shots, rng)
     if not val:
         raise ValueError(f"split file {path!r} leaves no validation images (its 'val' list is empty and 'train' "
                          f"has no images beyond the {shots} shots per class)")
@@ -279,7 +249,7 @@ def load_image_dataset(spec: dict, check: Iterable[str] = SPLITS) -> ImageDatase
         raise ValueError(f"a classifier needs at least 2 classes; {root!r} has {len(raw_names)}: {raw_names}")
     classnames = _apply_classnames(raw_names, spec.get("classnames"), repr(root))
     if test_size is not None and len(test) > test_size:
-        test = _stratified(test, max(1, test_size // len(classnames)), rng)
+        test = stratified(test, max(1, test_size // len(classnames)), rng)
     splits = {"train": train, "val": val, "test": test}
     for name in check:
         check_images(splits[name])

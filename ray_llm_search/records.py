@@ -1,4 +1,6 @@
-"""Generation-level records: a JSON-lines summary and TensorBoard scalars and text.
+"""The search's records in its ``log_dir``: one JSON line per generation (``generations.jsonl``), the final
+prompt (``best.json``), and the same as TensorBoard scalars and text. (The LLM's crash journal,
+``llm_rounds.jsonl``, belongs to the round engine: ``ray_llm_search.rounds``.)
 
 Written by the searcher into its ``log_dir`` (by default inside the experiment folder), so that
 ``tensorboard --logdir <experiment folder>`` shows Tune's per-trial curves and these side by side.
@@ -9,16 +11,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
 
 logger = logging.getLogger(__name__)
 
 SUMMARY_FILE = "generations.jsonl"
 BEST_FILE = "best.json"
-# Every LLM answer (or failure) as it arrives, so that a search restored after a driver crash replays the rounds
-# the crashed driver had already paid for instead of asking again.
-JOURNAL_FILE = "llm_rounds.jsonl"
-_MAX_JOURNALED_CHARS = 20_000  # per reply
 
 
 class GenerationLog:
@@ -130,42 +127,6 @@ def _same_key(line: str, record: dict) -> bool:
         return _key(json.loads(line)) == _key(record)
     except (ValueError, AttributeError):
         return False
-
-
-def append_journal(log_dir: str, entry: dict) -> None:
-    """Journal one LLM answer (``replies``) or failure (``error``, ``message``), stamped with the time; never
-    raises."""
-    entry = {**entry, "time": time.time()}
-    if "replies" in entry:
-        entry["replies"] = [r[:_MAX_JOURNALED_CHARS] for r in entry["replies"]]
-    try:
-        os.makedirs(log_dir, exist_ok=True)
-        with open(os.path.join(log_dir, JOURNAL_FILE), "a", encoding="utf-8") as f:
-            f.write(json.dumps(entry, sort_keys=True) + "\n")
-    except (OSError, TypeError, ValueError):
-        logger.exception("could not journal an LLM answer in %s", log_dir)
-
-
-def read_journal(log_dir: str, search_id: str, incarnation: str | None = None) -> dict[tuple[int, int], dict]:
-    """``{(generation, ask): entry}`` of one search's journaled LLM answers, only those asked by ``incarnation``
-    (the searcher object that saved the state being restored) if given; the first entry per key wins."""
-    path = os.path.join(log_dir, JOURNAL_FILE)
-    out: dict[tuple[int, int], dict] = {}
-    try:
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                try:
-                    entry = json.loads(line)
-                except ValueError:  # a line cut short by the crash
-                    continue
-                if (isinstance(entry, dict) and entry.get("search_id") == search_id
-                        and (incarnation is None or entry.get("incarnation") == incarnation)):
-                    out.setdefault((entry.get("generation"), entry.get("attempt")), entry)
-    except FileNotFoundError:
-        pass
-    except OSError:
-        logger.exception("could not read the LLM journal %s", path)
-    return out
 
 
 def _md(text: str) -> str:
