@@ -112,8 +112,8 @@ CONTROLS = (("llm+gradient", "perturb+gradient"), ("screened", "screened-perturb
             ("screened-paired", "screened-perturb-paired"), ("late-mix", "late-mix-perturb"), ("authors", "authors-perturb"),
             ("authors-faithful", "authors-perturb"), ("authors-paired", "authors-perturb-paired"))
 # Ablations: an arm minus the same arm with one thing changed (the mentor shown vector scores; candidates
-# adopted on any gain instead of a paired test).
-ABLATIONS = tuple((a, b) for a, b in FAITHFUL_ARMS.items()) + (("authors-paired", "authors"),)
+# adopted on any gain instead of a paired test; a warm restart instead of a restart from the text).
+ABLATIONS = tuple((a, b) for a, b in FAITHFUL_ARMS.items()) + (("authors-paired", "authors"), ("late-mix", "late-text"))
 # gradient only, its no-LLM twin (the same allocation as LLMSearch's default, perturbed texts), LLM only,
 # LLMSearch's default design (presets.DEFAULT)
 DEFAULT_ARMS = ("gradient", "authors-perturb-paired", "llm", "authors-paired")
@@ -750,6 +750,40 @@ def write_table(results: dict, path: str) -> str:
     return text
 
 
+RESULTS_BEGIN, RESULTS_END = "<!-- compare:begin -->", "<!-- compare:end -->"
+
+
+def regenerate_command(results: dict, out: str, results_md: str, prog: str) -> str:
+    """One command that runs every (dataset, seed, arm) recorded in ``results`` (those already recorded are
+    skipped: it finishes an interrupted study, and on a fresh ``out`` redoes it) and writes the tables again."""
+    runs = results["runs"]
+    datasets = sorted({r["dataset"] for r in runs})
+    seeds = sorted({r["seed"] for r in runs})
+    arms = [a for a in ARMS if any(r["arm"] == a for r in runs)]
+    return (f"{prog} --datasets {' '.join(datasets)} --seeds {' '.join(map(str, seeds))} --arms {' '.join(arms)} "
+            f"--backend inline --jobs 2 --keep-vectors --out {out} --results-md {results_md}")
+
+
+def write_results_md(path: str, table: str, results: dict, command: str) -> None:
+    """Put ``table`` (what ``write_table`` wrote) between the markers of the Markdown file ``path``, with
+    ``command``, the one that regenerates it; the text outside the markers is kept (markers are added after
+    the first line where the file has none; a missing file is created)."""
+    block = [RESULTS_BEGIN, "",
+             f"The tables below are generated ({len(results['runs'])} runs); this command regenerates them, running "
+             "whatever its results file lacks:", "", "```bash", command, "```", "",
+             table.rstrip("\n"), "", RESULTS_END]
+    text = open(path, encoding="utf-8").read() if os.path.isfile(path) else "# Results\n"
+    if RESULTS_BEGIN in text and RESULTS_END in text.split(RESULTS_BEGIN, 1)[1]:
+        before, rest = text.split(RESULTS_BEGIN, 1)
+        after = rest.split(RESULTS_END, 1)[1]
+    else:
+        first, _, rest = text.partition("\n")
+        before, after = first + "\n\n", "\n\n" + rest.lstrip("\n")
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        f.write(before + "\n".join(block) + after)
+    os.replace(path + ".tmp", path)
+
+
 # two-sided 95% quantiles of Student's t by degrees of freedom (n seeds - 1)
 _T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
 
@@ -946,6 +980,9 @@ def parse_args(argv=None, default_out: str | None = None, prog: str | None = Non
     p.add_argument("--force", action="store_true", help="rerun runs already in results.json")
     p.add_argument("--no-seed-prompt", action="store_true", help="skip the seed prompt's test accuracy row")
     p.add_argument("--replot", action="store_true", help="only rewrite the table and plots from results.json")
+    p.add_argument("--results-md", default=None,
+                   help="also write the tables into this Markdown file, between its lines <!-- compare:begin --> "
+                        "and <!-- compare:end --> (added after its title where missing); the rest is kept")
     p.add_argument("--rescore-only", action="store_true",
                    help="only re-score recorded runs whose arm now chooses its final prompt by another rule (from "
                         "their kept vectors); run nothing new")
@@ -978,6 +1015,8 @@ def main(argv=None, llm_factory=None, default_out: str | None = None,
             ray.shutdown()
     table = write_table(results, os.path.join(args.out, "RESULTS_TABLE.md"))
     print(table)
+    if args.results_md:
+        write_results_md(args.results_md, table, results, regenerate_command(results, args.out, args.results_md, prog))
     try:
         plots = write_plots(results, args.out)
         print("plots: " + ", ".join(plots))

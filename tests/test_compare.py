@@ -300,7 +300,7 @@ def test_tiny_run_spends_equal_budgets_shares_seeds_and_writes_table_and_plot(tm
     argv = ["--datasets", "sst2", "--seeds", "3", "--generations", "2", "--population", "2", "--steps", "2",
             "--eval-every", "2", "--shots", "2", "--val-shots", "2", "--test-size", "10", "--max-length", "32",
             "--cpus", "2", "--out", str(out), "--storage", str(storage), "--data-root", str(SHARED_DATA),
-            "--arms", *TINY_ARMS]
+            "--arms", *TINY_ARMS, "--results-md", str(tmp_path / "RESULTS.md")]
     llms = []
 
     def scripted(args, seed):
@@ -353,10 +353,30 @@ def test_tiny_run_spends_equal_budgets_shares_seeds_and_writes_table_and_plot(tm
     table = (out / "RESULTS_TABLE.md").read_text()
     for arm in TINY_ARMS:
         assert compare.ARM_LABELS[arm] in table
+    assert table.strip() in (tmp_path / "RESULTS.md").read_text()  # --results-md: the same tables
     assert (out / "results.json").is_file()
     assert list((out / "tensorboard" / "sst2").iterdir())
     pytest.importorskip("matplotlib")
     assert (out / "curves_sst2.png").stat().st_size > 1000
+
+
+def test_results_md_replaces_only_its_generated_block(tmp_path):
+    runs = [{"dataset": d, "seed": s, "arm": a} for d in ("trec", "sst2") for s in (1, 0) for a in ("llm", "gradient")]
+    command = compare.regenerate_command({"runs": runs}, "out", "RESULTS.md", "python -m ray_llm_search.compare")
+    assert command == ("python -m ray_llm_search.compare --datasets sst2 trec --seeds 0 1 --arms gradient llm "
+                       "--backend inline --jobs 2 --keep-vectors --out out --results-md RESULTS.md")
+    path = tmp_path / "RESULTS.md"
+    path.write_text("# Title\n\nWritten by hand.\n")
+    compare.write_results_md(str(path), "| table one |\n", {"runs": runs}, command)
+    first = path.read_text()
+    assert first.startswith("# Title\n\n" + compare.RESULTS_BEGIN) and first.endswith("Written by hand.\n")
+    assert "| table one |" in first and command in first
+    path.write_text(first.replace("Written by hand.", "Written by hand, then edited."))
+    compare.write_results_md(str(path), "| table two |\n", {"runs": runs}, command)
+    second = path.read_text()
+    assert "| table two |" in second and "| table one |" not in second
+    assert second.count(compare.RESULTS_BEGIN) == second.count(compare.RESULTS_END) == 1
+    assert second.startswith("# Title\n") and second.endswith("Written by hand, then edited.\n")
 
 
 @pytest.mark.slow
