@@ -44,7 +44,9 @@ what its trials reported and checked against the budget; a mismatch stops the ru
 Writes to ``--out`` (default ``compare_results``; ``examples/results`` from ``examples/compare.py``):
 ``results.json`` (every run, merged across invocations; runs already there are skipped unless ``--force``), ``RESULTS_TABLE.md``, ``curves_<dataset>.png`` and
 TensorBoard runs of best-so-far validation accuracy per arm under ``tensorboard/``; Tune's own per-trial
-logs and the searcher's TensorBoard go under ``--storage``.
+logs and the searcher's TensorBoard go under ``--storage``. ``--results-md FILE`` also puts the tables, with the
+one command that regenerates them, between ``<!-- compare:begin -->`` and ``<!-- compare:end -->`` in ``FILE``
+(``examples/RESULTS.md``'s generated section).
 """
 
 from __future__ import annotations
