@@ -63,7 +63,7 @@ class LLMSearch(Searcher):
             nodes share, like Tune's ``storage_path``.
         llm_timeout_s: a round that takes longer (all its asks together) is abandoned and filled from the pool.
         llm_reasks: when a reply holds no usable prompt (empty, chatter, overlong, or only prompts already
-            tried), ask again up to this many times, after 1 s, 2 s, ... (``REASK_BACKOFF_S``), within
+            tried), ask again up to this many times, after 1 s, 2 s, ... (``rounds.REASK_BACKOFF_S``), within
             ``llm_timeout_s``; transport faults are retried by the LLM client itself (``OpenAIChat(retries=)``).
         meta_prompt_style: ``"chat"`` or ``"completion"``; default: the LLM's ``style``.
         schedule: one dict per generation, ``{"steps": K, "screen": S, "eval_every": E}`` (each key optional);
@@ -587,7 +587,11 @@ class LLMSearch(Searcher):
         if self.proposals == "perturb":  # no LLM: the candidates are random edits of the best texts
             rnd.direct = self._perturbed(n, generation, set())
         self._rounds[generation] = rnd
-        self._engine.start(rnd)
+        # settings changed on the searcher after it was made still apply, as they did before the engine
+        engine = self._engine
+        engine.llm, engine.timeout_s, engine.reasks, engine.budget = (self.llm, self.llm_timeout_s, self.llm_reasks,
+                                                                      self.llm_budget)
+        engine.start(rnd)
 
     def _poll_round(self) -> None:
         """Once the current generation's round has ended: its candidates start the new phases (topped up from
