@@ -447,7 +447,6 @@ def make_search(args, arm: str, task: str, seeds: list[str], seed: int, log_dir:
     """The arm's searcher and its LLM (``None`` for gradient only); LLM only sets ``config["steps"] = 0``."""
     from ray_llm_search import LLMSearch
 
-    b = budget(args)
     if arm == "gradient":
         return GradientChains(seeds, args.population, args.generations, seed, log_dir), None
     perturbed = arm == "perturb+gradient" or (arm in SCREENED_ARMS and SCREENED_ARMS[arm][0] == "perturb")
@@ -456,7 +455,7 @@ def make_search(args, arm: str, task: str, seeds: list[str], seed: int, log_dir:
               "log_dir": log_dir}
     if arm == "llm":
         config["steps"] = 0
-        width = args.population * b["evals_per_phase"]  # as many evaluations per generation as the others
+        width = args.population * budget(args)["evals_per_phase"]  # as many evaluations per generation as the others
         return LLMSearch(llm, task, seeds, population=width, generations=args.generations, elites=0,
                          candidates_per_round=width, **common), llm
     if arm in ("llm+gradient", "perturb+gradient"):

@@ -93,7 +93,6 @@ class Outcome:
     error: str | None
     elapsed: float
     faults: dict[str, int]
-    rejected: dict[str, int]
 
 
 @dataclass
@@ -169,7 +168,7 @@ class RoundEngine:
         rnd.faults_before = {}
         if error == "timeout":
             faults["round_timeout"] += 1
-        return Outcome(error, elapsed, {k: v for k, v in faults.items() if v > 0}, dict(parsed.rejected))
+        return Outcome(error, elapsed, {k: v for k, v in faults.items() if v > 0})
 
     def close(self) -> None:
         if self._executor is not None:

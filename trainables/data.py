@@ -191,7 +191,7 @@ def _table_rows(path: str, spec: dict, fmt: str) -> list[tuple[str, str | None, 
         return []
     names = lines[0] if header else None
     lines = lines[1:] if header else lines
-    index = _column_index(path, names if header else None, bool(header))
+    index = _column_index(path, names)
     ti = None if text_t else index(text_col)
     li = index(label_col)
     bi = index(text_b_col) if text_b_col is not None and not text_b_t else None
@@ -210,14 +210,15 @@ def _table_rows(path: str, spec: dict, fmt: str) -> list[tuple[str, str | None, 
     return rows
 
 
-def _column_index(path: str, names: list[str] | None, header: bool) -> Callable:
-    """``index(column) -> int``: a name looked up in the header, or a number (the only kind without one)."""
+def _column_index(path: str, names: list[str] | None) -> Callable:
+    """``index(column) -> int``: a name looked up in the header ``names``, or a number (the only kind a file
+    without a header, ``names`` None, can use)."""
     def index(col):
         if isinstance(col, int):
             return col
-        if not header:
+        if names is None:
             raise ValueError(f"{path} has no header (header: false), so columns must be indices, got {col!r}")
-        if col not in (names or []):
+        if col not in names:
             raise ValueError(f"{path}: no column {col!r}; columns are {names}")
         return names.index(col)
     return index
