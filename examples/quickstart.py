@@ -160,10 +160,9 @@ def main(argv=None) -> dict:
     last = [t.last_result for t in analysis.trials if t.last_result]
     # The ideal: every trial's steps and forward evaluations (as it reported them) at the cost of one step and
     # one evaluation measured here, in this process, with the trial's threads and no Tune.
-    phase_compute = time_phase_in_process(base, gen0_best, per_trial)
-    eval_compute = time_phase_in_process({**base, "steps": 0}, gen0_best, per_trial)
-    per_step = max(0.0, phase_compute - eval_compute * (base["steps"] // base["eval_every"] + 1)) / base["steps"]
-    compute = sum(int(r.get("step", 0)) * per_step + int(r.get("evaluations", 1)) * eval_compute for r in last)
+    unit = time_units_in_process(base, gen0_best, per_trial)
+    phase_compute = unit["step_s"] * base["steps"] + unit["eval_s"] * (base["steps"] // base["eval_every"] + 1)
+    compute = sum(int(r.get("step", 0)) * unit["step_s"] + int(r.get("evaluations", 1)) * unit["eval_s"] for r in last)
     timeline = worker_timeline(last, wall_s=tune_wall, workers=workers, phase_compute_s=phase_compute,
                                compute_s=compute)
     wall = time.time() - started
@@ -178,6 +177,8 @@ def main(argv=None) -> dict:
         # the phase timed in this process without Tune (the compute a worker cannot avoid), and where the
         # workers' time went: the share inside phases, setup, first-step latency, gaps (ray_llm_search.timeline)
         "phase_compute_s": round(phase_compute, 2),
+        "step_s": round(unit["step_s"], 4),
+        "eval_s": round(unit["eval_s"], 4),
         "timeline": timeline,
         "utilisation": timeline["utilisation"],
         "searcher_cpu_ms_per_event": round(1000 * search.cpu_seconds_per_event, 3),
@@ -202,25 +203,16 @@ def main(argv=None) -> dict:
     return summary
 
 
-def time_phase_in_process(base: dict, trajectory, threads_per_trial: int = 1) -> float:
-    """Seconds one generation-0 phase (the same config and phase seed as a trial of this run) takes in this
-    process, with a trial's threads, no Tune: the compute that the ideal wall time is made of."""
-    import torch
-
-    from trainables.phase import run_phase
+def time_units_in_process(base: dict, trajectory, threads_per_trial: int = 1) -> dict:
+    """Seconds of one gradient step and of one validation evaluation of a phase like this run's (the same config,
+    a generation-0 start), in this process with a trial's threads and no Tune (``trainables.phase.time_units``)."""
+    from trainables.phase import time_units
     from trainables.text_prompt import build_classifier, dataset_for
 
     config = {**base, "prompt_init": trajectory.prompt_init, "phase_seed": 0}
     data = dataset_for(config)
     model = build_classifier(config, data)  # loaded once already for the test evaluations above
-    threads = torch.get_num_threads()
-    torch.set_num_threads(threads_per_trial)
-    try:
-        t = time.perf_counter()
-        run_phase(config, model, data.train, data.val, report=lambda metrics, checkpoint: None)
-        return time.perf_counter() - t
-    finally:
-        torch.set_num_threads(threads)
+    return time_units(config, model, data.train, data.val, threads=threads_per_trial)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,10 @@ _MAX_JOURNALED_CHARS = 20_000  # per reply
 _MAX_KEPT_REPLY_CHARS = 4_000  # per reply, in the round's record
 # First wait before asking again after a reply with no usable prompt; doubles per further ask, at most 30 s.
 REASK_BACKOFF_S = 1.0
+# The longest a searcher's ``suggest`` blocks for a round when no trial of its search runs (LLMSearch): Tune
+# then has nothing else to do, and would otherwise ask again after a 1 s sleep and sleep 1 s more once a
+# trial comes (about 2 s lost per round); a longer round returns None and is waited for at the next ask.
+IDLE_WAIT_S = 5.0
 # What generations.jsonl keeps of a round (its "llm" entry).
 RECORD_KEYS = ("status", "error", "seconds", "asks", "meta_prompt", "replies", "candidates", "filled", "screened",
                "screen_filled", "rejected", "faults")
@@ -169,6 +173,18 @@ class RoundEngine:
         if error == "timeout":
             faults["round_timeout"] += 1
         return Outcome(error, elapsed, {k: v for k, v in faults.items() if v > 0})
+
+    def wait(self, rnd: Round, timeout_s: float) -> bool:
+        """Block up to ``timeout_s`` (never past the round's own timeout) for the current ask to end; whether
+        it has. For a searcher with nothing else to do: Tune, with no trial running, asks again only after a
+        one-second sleep, and sleeps another second after a trial is found."""
+        future = self._future
+        if future is None or future.done():
+            return future is not None
+        left = min(float(timeout_s), self.timeout_s - (time.time() - rnd.started))
+        if left > 0:
+            concurrent.futures.wait([future], timeout=left)
+        return future.done()
 
     def close(self) -> None:
         if self._executor is not None:

@@ -147,3 +147,31 @@ def test_the_local_llm_stops_at_the_newline_with_the_same_candidates(llm):
     assert stopping.propose(meta, 8) == plain.propose(meta, 8)
     assert stopping.stop_at_newline  # this transformers has stop_strings
     assert stopping.usage["completion_tokens"] < plain.usage["completion_tokens"]
+
+
+def test_the_local_llm_runs_the_meta_prompt_once_for_every_continuation(llm):
+    """``share_prefix``: the meta-prompt goes through the model once, not once per continuation (counted at the
+    embedding layer), and the candidates are the same as generating each row from scratch."""
+    from ray_llm_search.mentor import Mentor
+    from ray_llm_search.pool import Evaluation
+
+    history = [Evaluation(i, f"{s} {i}", 0.5, 0.3 + 0.05 * i) for i, s in enumerate(SEEDS * 4)]
+    meta = Mentor(TASK, "val_acc").build_scored(history, 8, style="completion")
+    prompt_tokens = llm._tokenizer(meta, return_tensors="pt").input_ids.shape[1]
+    embedded: list[int] = []
+    hook = llm._model.get_input_embeddings().register_forward_hook(
+        lambda module, args, output: embedded.append(int(args[0].numel())))
+    try:
+        answers, counts = {}, {}
+        for share in (False, True):
+            one = LocalLLM(seed=5, max_new_tokens=24, share_prefix=share)
+            one._model, one._tokenizer = llm._model, llm._tokenizer
+            embedded.clear()
+            answers[share] = one.propose(meta, 12)
+            counts[share] = sum(embedded)
+    finally:
+        hook.remove()
+    assert answers[True] == answers[False]
+    assert len(answers[True]) == 12
+    assert counts[False] >= 12 * prompt_tokens  # each row embeds the whole prompt
+    assert counts[True] < 2 * prompt_tokens + 12 * 24  # the prompt once, then one token per row and step

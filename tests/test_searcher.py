@@ -335,6 +335,50 @@ def test_an_llm_round_that_times_out_is_filled_and_does_not_hold_up_the_next_rou
         gate.set()
 
 
+def test_with_no_trial_running_suggest_waits_for_the_round_and_hands_out_its_phase_when_it_ends(tmp_path):
+    """Tune, with no trial running, calls suggest, sleeps 1 s on None and 1 s more after a trial comes: a
+    searcher whose next phases wait for a round blocks for it instead (up to rounds.IDLE_WAIT_S)."""
+    from ray_llm_search.rounds import IDLE_WAIT_S
+
+    gate = threading.Event()
+    search = make(tmp_path, ScriptedLLM(gate=gate), seed_prompts=["seed a", "seed b"], population=2, elites=1,
+                  screen=1, generations=2)
+    driver = Driver(search)
+    driver.generation(2)  # generation 1's elite screens a candidate: held until the round ends
+    opener = threading.Timer(0.4, gate.set)
+    opener.start()
+    try:
+        t = time.monotonic()
+        config = driver.suggest()  # one call: nothing of this search runs, so it waits for the round
+        waited = time.monotonic() - t
+    finally:
+        gate.set()
+        opener.cancel()
+    assert isinstance(config, dict) and config["generation"] == 1
+    assert 0.3 < waited < IDLE_WAIT_S
+    for tid, _ in [(f"t{driver.count - 1:03d}", config), *driver.take(1)]:
+        driver.run(tid, 0.5)
+    assert search.records[1]["llm"]["seconds"] < 0.4 + 0.5  # the round's time, not a later poll's
+
+
+def test_while_a_trial_runs_suggest_never_waits_for_a_round(tmp_path):
+    gate = threading.Event()
+    search = make(tmp_path, ScriptedLLM(gate=gate), population=3, elites=1, generations=2)
+    driver = Driver(search)
+    try:
+        driver.generation(3)
+        elite = driver.take(1)  # the elite starts at once; the round for the two new starts is gated
+        assert _origins(elite) == ["elite"]
+        t = time.monotonic()
+        assert driver.suggest() is None
+        assert time.monotonic() - t < 0.2  # the elite is running: Tune has its results to handle
+        driver.run(elite[0][0], 0.5)  # now nothing runs: the next ask may wait, and gets the round's phases
+        gate.set()
+        assert _origins(driver.take(2)) == ["llm", "llm"]
+    finally:
+        gate.set()
+
+
 # -- the end of the search -----------------------------------------------------------------------------------
 
 

@@ -301,3 +301,41 @@ def test_evaluate_prompt_on_vectors_with_a_linear_head(data_spec, tmp_path):
     assert val["acc"] == best["val_acc"] and val["loss"] == pytest.approx(best["loss"], rel=1e-4, abs=1e-6)
     test = evaluate_prompt(config, vectors_path=best["vectors_path"])
     assert test["n"] == 6 and test["prompt_text"] == best["prompt_text"]
+
+
+def test_time_units_counts_the_steps_and_evaluations_it_times_and_leaves_the_threads(data_spec, monkeypatch):
+    """The in-process cost of a step and of an evaluation that the quickstart's ideal is made of: it times exactly
+    ``steps`` steps and ``evaluations`` evaluations (after one warm-up of each), with the threads asked for."""
+    import time as _time
+
+    from trainables import phase as phase_module
+    from trainables.phase import time_units
+
+    config = _config(data_spec, resume_from="/nowhere.pt", prompt_candidates=["a candidate"])
+    data = dataset_for(config)
+    model = build_classifier(config, data)
+    calls = {"loss": 0, "evaluate": 0, "threads": []}
+    loss, each = model.loss, model.evaluate_each
+
+    def slow_loss(*args, **kwargs):
+        calls["loss"] += 1
+        calls["threads"].append(torch.get_num_threads())
+        _time.sleep(0.02)
+        return loss(*args, **kwargs)
+
+    def slow_each(*args, **kwargs):
+        calls["evaluate"] += 1
+        _time.sleep(0.05)
+        return each(*args, **kwargs)
+
+    monkeypatch.setattr(model, "loss", slow_loss)
+    monkeypatch.setattr(model, "evaluate_each", slow_each)
+    threads = torch.get_num_threads()
+    units = time_units(config, model, data.train, data.val, threads=threads + 1, steps=5, evaluations=3)
+    assert torch.get_num_threads() == threads  # restored
+    assert calls["threads"] and set(calls["threads"]) == {threads + 1}
+    assert calls["loss"] == 1 + 5  # the warm-up step, then the timed ones; no screening, no resumed file
+    assert calls["evaluate"] == 1 + 3  # the start's evaluation, then the timed ones
+    assert 0.02 <= units["step_s"] < 1.0 and 0.05 <= units["eval_s"] < 1.0
+    with pytest.raises(ValueError, match="steps and evaluations must be >= 1"):
+        phase_module.time_units(config, model, data.train, data.val, steps=0)

@@ -419,6 +419,36 @@ class Phase:
                      loss=val_loss, val_key=self.val_key, step=step, **meta)
 
 
+def time_units(config: dict, model, train: list, val: list, threads: int | None = None, steps: int = 16,
+               evaluations: int = 6) -> dict:
+    """Seconds of one gradient step and of one validation evaluation of a phase of ``config`` run here, with
+    ``threads`` torch threads (default: as set), without Tune: each the mean of ``steps`` steps and of
+    ``evaluations`` evaluations timed after an untimed warm-up of each (the start's evaluation, one step).
+    Every trial's reported ``step`` and ``evaluations`` at these costs is the compute an ideal run is made of
+    (``ray_llm_search.timeline.worker_timeline(compute_s=...)``); two whole phases timed once each would
+    carry their one-off noise into it, and a phase's per-step cost does not depend on where it starts."""
+    if steps < 1 or evaluations < 1:
+        raise ValueError(f"steps and evaluations must be >= 1, got {steps} and {evaluations}")
+    config = {**config, "steps": steps + 1, "eval_every": steps + 1, "resume_from": None, "prompt_candidates": None}
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    try:
+        phase = Phase(config, model, train, val, report=lambda metrics, checkpoint: None)
+        phase.prepare()
+        phase.step(1)
+        t = time.perf_counter()
+        for i in range(2, steps + 2):
+            phase.step(i)
+        step_s = (time.perf_counter() - t) / steps
+        t = time.perf_counter()
+        for _ in range(evaluations):
+            phase.evaluate(phase.prompt)
+        return {"step_s": step_s, "eval_s": (time.perf_counter() - t) / evaluations}
+    finally:
+        torch.set_num_threads(before)
+
+
 def _screen_start(config: dict, cfg: dict, model, prompt: torch.Tensor, known: tuple[float, float] | None,
                   evaluate: Callable, n_val: int, right: dict) -> tuple[torch.Tensor, dict, list]:
     """The phase's start: its own (``prompt``) or the best screened candidate that beats it on validation.

@@ -29,6 +29,11 @@ class LocalLLM(LLM):
             (only that line is kept, so the candidates are the same; the round is shorter: for SmolLM2 on 14
             continuations, 17 tokens instead of 24). Needs a ``transformers`` with ``stop_strings``; without
             it generation runs to ``max_new_tokens`` as before.
+        share_prefix: completion style: run the meta-prompt through the model once and give every continuation
+            a copy of its cache, instead of ``generate`` running it once per continuation (the same candidates,
+            checked against the real SmolLM2; a round of 14 continuations of a 275-token meta-prompt 2.8 s
+            instead of 9.8 s on 2 CPU cores). Falls back to the plain path where the model's cache cannot be
+            copied per row.
         device: ``"cpu"``, ``"cuda"``, ...
 
     Example:
@@ -47,6 +52,7 @@ class LocalLLM(LLM):
         device: str = "cpu",
         cache_dir: str | None = None,
         stop_at_newline: bool = True,
+        share_prefix: bool = True,
     ) -> None:
         super().__init__()
         if style not in ("chat", "completion"):
@@ -68,6 +74,7 @@ class LocalLLM(LLM):
         self.top_p = top_p
         self.seed = seed
         self.stop_at_newline = bool(stop_at_newline)
+        self.share_prefix = bool(share_prefix)
         self.device = device
         self.cache_dir = cache_dir or DEFAULT_CACHE
         self._model = None
@@ -127,17 +134,15 @@ class LocalLLM(LLM):
         # every step, so stopping when all have ended changes no row's first line.
         stop = {"stop_strings": ["\n"], "tokenizer": tok} if self.style == "completion" and getattr(
             self, "stop_at_newline", False) else {}
-        torch.manual_seed(generator_seed)
         with torch.no_grad():
             try:
-                out = model.generate(**inputs, **settings, **stop)
+                out = self._generate(inputs, samples, settings, stop, generator_seed)
             except (TypeError, ValueError) as e:
                 if not stop or "stop_strings" not in str(e):
                     raise
                 logger.info("this transformers has no stop_strings: generating %d tokens per continuation", max_new)
                 self.stop_at_newline = False
-                torch.manual_seed(generator_seed)
-                out = model.generate(**inputs, **settings)
+                out = self._generate(inputs, samples, settings, {}, generator_seed)
         new = out[:, inputs.input_ids.shape[1]:]
         self._count(self.usage, completion_tokens=int((new != (tok.pad_token_id or -1)).sum()))
         texts = tok.batch_decode(new, skip_special_tokens=True)
@@ -146,3 +151,26 @@ class LocalLLM(LLM):
             # imitating the score line and the next entry, which the mentor would reject anyway.
             texts = [t.strip().splitlines()[0] if t.strip() else "" for t in texts]
         return texts
+
+    def _generate(self, inputs, samples: int, settings: dict, stop: dict, seed: int):
+        """``model.generate`` for ``samples`` continuations of one prompt; with ``share_prefix`` the prompt (but
+        its last token, which ``generate`` feeds to sample the first new one) is run once and its cache copied
+        to every row; the sampler makes the same draws in the same order (a prefix run once may differ from 14
+        copies of it in the last bits: the real SmolLM2 gives the same candidates, tests/test_mentor.py)."""
+        import torch
+
+        model = self._model
+        if samples > 1 and getattr(self, "share_prefix", False) and inputs.input_ids.shape[1] > 1:
+            ids = inputs.input_ids
+            mask = inputs.get("attention_mask")
+            prefix = model(input_ids=ids[:, :-1], attention_mask=None if mask is None else mask[:, :-1], use_cache=True)
+            cache = prefix.get("cache", None) if "cache" in prefix else prefix.get("past_key_values", None)
+            if cache is not None and hasattr(cache, "batch_repeat_interleave"):
+                cache.batch_repeat_interleave(samples)
+                rows = ids.repeat(samples, 1)
+                name = "cache" if "cache" in prefix else "past_key_values"  # transformers 5 renamed it
+                torch.manual_seed(seed)
+                return model.generate(input_ids=rows, attention_mask=torch.ones_like(rows), **{name: cache},
+                                      **{**settings, "num_return_sequences": 1}, **stop)
+        torch.manual_seed(seed)
+        return model.generate(**inputs, **settings, **stop)
