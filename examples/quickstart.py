@@ -8,7 +8,7 @@ authors' regime) at the budget of 3 generations of 4 phases of 12 steps: one cha
 validation, then one long descent with the rest of the steps; the final prompt is the lowest validation loss. The one trial at a time gets every CPU. ``--preset chains-paired``
 keeps 4 chains running side by side; ``--preset restarts`` is the first design (1 elite, LLM restarts).
 
-    python examples/quickstart.py                       # about 5 minutes on 2 CPU cores
+    python examples/quickstart.py                       # about 2.5 minutes on 2 CPU cores
     python examples/quickstart.py --generations 4 --population 6 --steps 20
     python examples/quickstart.py --llm openai --llm-model gpt-4o-mini   # needs OPENAI_API_KEY
 """
