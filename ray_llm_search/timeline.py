@@ -83,7 +83,7 @@ def describe(summary: dict, wall_s: float, workers: int) -> str:
             f"of phases on {workers} workers in {wall_s:.0f}s); {summary['processes']} worker processes for "
             f"{summary['trials']} phases")
     if "ideal_s" in summary:
-        line += f"; wall / ideal {summary['wall_over_ideal']:.2f} (ideal {summary['ideal_s']:.0f}s from the phase timed in-process)"
+        line += f"; wall / ideal {summary['wall_over_ideal']:.2f} (ideal {summary['ideal_s']:.0f}s of compute timed in-process)"
     detail = (f"setup inside a phase: {_fmt(summary['setup_fresh_s'])} in a new process, {_fmt(summary['setup_warm_s'])} "
               f"on a warm one; a warm phase's first step after {_fmt(first['median'])} (max {_fmt(first['max'])}); "
               f"gaps between phases in a process: median {_fmt(gap['median'])}, max {_fmt(gap['max'])}, "
