@@ -426,7 +426,8 @@ def time_units(config: dict, model, train: list, val: list, threads: int | None 
     ``evaluations`` evaluations timed after an untimed warm-up of each (the start's evaluation, one step).
     Every trial's reported ``step`` and ``evaluations`` at these costs is the compute an ideal run is made of
     (``ray_llm_search.timeline.worker_timeline(compute_s=...)``); two whole phases timed once each would
-    carry their one-off noise into it, and a phase's per-step cost does not depend on where it starts."""
+    carry their one-off noise into it, and a phase's per-step cost does not depend on where it starts. It trains
+    ``model``'s extra parameters (a linear head) as a phase would: time a model of its own."""
     if steps < 1 or evaluations < 1:
         raise ValueError(f"steps and evaluations must be >= 1, got {steps} and {evaluations}")
     config = {**config, "steps": steps + 1, "eval_every": steps + 1, "resume_from": None, "prompt_candidates": None}

@@ -156,7 +156,7 @@ class LocalLLM(LLM):
         """``model.generate`` for ``samples`` continuations of one prompt; with ``share_prefix`` the prompt (but
         its last token, which ``generate`` feeds to sample the first new one) is run once and its cache copied
         to every row; the sampler makes the same draws in the same order (a prefix run once may differ from 14
-        copies of it in the last bits: the real SmolLM2 gives the same candidates, tests/test_mentor.py)."""
+        copies of it in the last bits: the real SmolLM2 gives the same candidates, tests/test_end_to_end.py)."""
         import torch
 
         model = self._model
