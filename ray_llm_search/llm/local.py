@@ -164,11 +164,11 @@ class LocalLLM(LLM):
             ids = inputs.input_ids
             mask = inputs.get("attention_mask")
             prefix = model(input_ids=ids[:, :-1], attention_mask=None if mask is None else mask[:, :-1], use_cache=True)
-            cache = prefix.get("cache", None) if "cache" in prefix else prefix.get("past_key_values", None)
+            name = "cache" if "cache" in prefix else "past_key_values"  # transformers 5 renamed it
+            cache = prefix.get(name, None)
             if cache is not None and hasattr(cache, "batch_repeat_interleave"):
                 cache.batch_repeat_interleave(samples)
                 rows = ids.repeat(samples, 1)
-                name = "cache" if "cache" in prefix else "past_key_values"  # transformers 5 renamed it
                 torch.manual_seed(seed)
                 return model.generate(input_ids=rows, attention_mask=torch.ones_like(rows), **{name: cache},
                                       **{**settings, "num_return_sequences": 1}, **stop)
