@@ -35,7 +35,9 @@ def worker_timeline(results: list[dict], wall_s: float, workers: int, phase_comp
     ``setup_warm_s`` (median setup of a process's first phase and of its later ones), ``first_step_warm_s``
     (median and max of warm phases' ``first_step_s``), ``gap_s`` (median, max and total idle time between
     one phase's end and the next phase's start in the same process) and, given ``phase_compute_s``,
-    ``ideal_s`` and ``wall_over_ideal``.
+    ``ideal_s`` and ``wall_over_ideal``; where every phase reports ``compute_s`` (its steps' and evaluations'
+    own seconds, ``trainables.phase``), ``in_phase_compute_s`` (their sum) and ``wall_over_in_phase``
+    (``wall_s`` over that sum per worker).
     """
     timed = [r for r in results if _number(r.get("started_at")) and _number(r.get("elapsed_s"))
              and r.get("pid") is not None]
@@ -66,6 +68,13 @@ def worker_timeline(results: list[dict], wall_s: float, workers: int, phase_comp
         "first_step_warm_s": {"median": _median(first_warm), "max": round(max(first_warm), 3) if first_warm else None},
         "gap_s": {"median": _median(gaps), "max": round(max(gaps), 3) if gaps else None, "total": round(sum(gaps), 2)},
     }
+    inside = [r.get("compute_s") for r in timed]
+    if timed and all(_number(v) for v in inside):
+        # the phases' own steps and evaluations, timed where they ran: the same run's compute, free of the
+        # drift of a machine whose speed changes between a measurement and the run (a shared VM's ±15%)
+        out["in_phase_compute_s"] = round(sum(inside), 2)
+        if sum(inside) > 0:
+            out["wall_over_in_phase"] = round(wall_s / (sum(inside) / max(workers, 1)), 3)
     total = compute_s if compute_s is not None else (
         phase_compute_s * len(timed) if phase_compute_s is not None else None)
     if total is not None and total > 0 and timed:
@@ -84,6 +93,9 @@ def describe(summary: dict, wall_s: float, workers: int) -> str:
             f"{summary['trials']} phases")
     if "ideal_s" in summary:
         line += f"; wall / ideal {summary['wall_over_ideal']:.2f} (ideal {summary['ideal_s']:.0f}s of compute timed in-process)"
+    if "wall_over_in_phase" in summary:
+        line += (f"; wall / the phases' own compute {summary['wall_over_in_phase']:.2f} "
+                 f"({summary['in_phase_compute_s']:.0f}s timed inside the phases)")
     detail = (f"setup inside a phase: {_fmt(summary['setup_fresh_s'])} in a new process, {_fmt(summary['setup_warm_s'])} "
               f"on a warm one; a warm phase's first step after {_fmt(first['median'])} (max {_fmt(first['max'])}); "
               f"gaps between phases in a process: median {_fmt(gap['median'])}, max {_fmt(gap['max'])}, "

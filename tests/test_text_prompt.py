@@ -339,3 +339,29 @@ def test_time_units_counts_the_steps_and_evaluations_it_times_and_leaves_the_thr
     assert 0.02 <= units["step_s"] < 1.0 and 0.05 <= units["eval_s"] < 1.0
     with pytest.raises(ValueError, match="steps and evaluations must be >= 1"):
         phase_module.time_units(config, model, data.train, data.val, steps=0)
+
+
+def test_a_phase_reports_the_seconds_of_its_own_steps_and_evaluations(data_spec, monkeypatch):
+    """``compute_s``: every step and every evaluation (screened candidates too) timed where it runs, and
+    nothing else (the setup, the reports, the saves)."""
+    import time as _time
+
+    config = _config(data_spec, steps=3, eval_every=3, prompt_candidates=["a candidate", "another one"])
+    data = dataset_for(config)
+    model = build_classifier(config, data)
+    loss, each = model.loss, model.evaluate_each
+    monkeypatch.setattr(model, "loss", lambda *a, **k: (_time.sleep(0.1), loss(*a, **k))[1])
+    monkeypatch.setattr(model, "evaluate_each", lambda *a, **k: (_time.sleep(0.2), each(*a, **k))[1])
+    reports = []
+
+    def slow_report(metrics, checkpoint):
+        reports.append(metrics)
+        _time.sleep(0.3)
+
+    run_phase(config, model, data.train, data.val, report=slow_report)
+    last = reports[-1]
+    # 3 steps of 0.1 s and 4 evaluations of 0.2 s (the start, 2 candidates, the end); not the 0.3 s reports
+    assert last["evaluations"] == 4
+    # the elapsed time holds every report's sleep but the last one's (it comes after its own result)
+    assert 1.1 <= last["compute_s"] <= last["elapsed_s"] - 0.3 * (len(reports) - 1)
+    assert [r["compute_s"] for r in reports] == sorted(r["compute_s"] for r in reports)

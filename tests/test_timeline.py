@@ -30,6 +30,16 @@ def test_phases_setup_and_gaps_per_worker_process():
     assert "57% of the wall" in text and "wall / ideal 3.00" in text and "2 worker processes for 4 phases" in text
 
 
+def test_the_phases_own_compute_gives_a_ratio_free_of_the_machines_drift():
+    results = [{**row(1, 100.0, 10.0, 4.0, 5.0), "compute_s": 5.0}, {**row(2, 101.0, 12.0, 5.0, 6.0), "compute_s": 7.0}]
+    s = worker_timeline(results, wall_s=30.0, workers=2)
+    assert s["in_phase_compute_s"] == 12.0 and s["wall_over_in_phase"] == 5.0  # 30 s over 12 s on 2 workers
+    assert "wall / the phases' own compute 5.00" in describe(s, 30.0, 2)
+    # one phase without it (another trainable, an older result): no ratio from part of the run
+    partial = worker_timeline(results + [row(3, 100.0, 3.0, 0.1)], wall_s=30.0, workers=2)
+    assert "in_phase_compute_s" not in partial and "wall_over_in_phase" not in partial
+
+
 def test_no_timed_results_is_a_summary_not_an_error():
     s = worker_timeline([{"val_acc": 1.0}, {"pid": 1, "started_at": float("nan"), "elapsed_s": 1.0}], 10.0, 2)
     assert s["trials"] == 0 and s["untimed"] == 2 and s["utilisation"] == 0.0 and "ideal_s" not in s
@@ -67,6 +77,8 @@ def test_real_phases_under_tune_report_their_timing_and_warm_workers_skip_the_se
         ray.shutdown()
     results = [t.last_result for t in analysis.trials]
     assert all(r["elapsed_s"] >= r["first_step_s"] >= r["setup_s"] >= 0 for r in results)
+    # the steps' and evaluations' own time: inside the phase, after its setup
+    assert all(0 < r["compute_s"] <= r["elapsed_s"] - r["setup_s"] for r in results)
     s = worker_timeline(results, wall_s=60.0, workers=2)
     assert s["trials"] == 4 and s["untimed"] == 0
     assert s["processes"] == 2  # 4 phases, 2 reused actors: the backbone loaded twice, not four times

@@ -267,19 +267,28 @@ class Phase:
     def evaluate(self, vectors: torch.Tensor) -> tuple[float, float]:
         """(loss, accuracy) on validation, counted in ``evaluations``."""
         self.evaluations += 1
-        if self._each is None:
-            self.right["last"] = None
-            return self.model.evaluate(vectors.detach(), self.val)
-        loss, acc, flags = self._each(vectors.detach(), self.val)
-        self.right["last"] = list(flags)
-        return loss, acc
+        t = time.perf_counter()
+        try:
+            if self._each is None:
+                self.right["last"] = None
+                return self.model.evaluate(vectors.detach(), self.val)
+            loss, acc, flags = self._each(vectors.detach(), self.val)
+            self.right["last"] = list(flags)
+            return loss, acc
+        finally:
+            self._compute(time.perf_counter() - t)
+
+    def _compute(self, seconds: float) -> None:
+        """Count ``seconds`` of a step or an evaluation in ``compute_s`` (the phase's own compute, timed where
+        it runs: what a run's wall is compared with when the machine's speed drifts between measurements)."""
+        self.timing["compute_s"] = self.timing.get("compute_s", 0.0) + seconds
 
     def prepare(self) -> tuple[dict, list]:
         """The start vectors and the optimizer; returns the start's description and the screened candidates
         that lost (``({}, [])`` for a trial restarted from its checkpoint)."""
         prompt, known = self._initial_prompt()
         prompt = prompt.detach().clone().float().to(self.model.device)
-        self.timing = {"started_at": self.started, "setup_s": round(time.time() - self.started, 4)}
+        self.timing = {"started_at": self.started, "setup_s": round(time.time() - self.started, 4), "compute_s": 0.0}
         start, screened = {}, []
         if self.restored is None:
             prompt, start, screened = _screen_start(self.config, self.cfg, self.model, prompt, known, self.evaluate,
@@ -327,6 +336,7 @@ class Phase:
         rate of ``lr_at`` where the model has one, the optimizer's step; returns the batch loss."""
         if "first_step_s" not in self.timing:
             self.timing["first_step_s"] = round(time.time() - self.started, 4)
+        t = time.perf_counter()
         train = self.train
         batch = [train[self.rng.randrange(len(train))] for _ in range(min(self.cfg["batch_size"], len(train)))]
         self.optimizer.zero_grad(set_to_none=True)
@@ -336,7 +346,9 @@ class Phase:
             for group in self.optimizer.param_groups:
                 group["lr"] = float(self._lr_at(self._base_lr, step))
         self.optimizer.step()
-        return float(loss.detach())
+        loss = float(loss.detach())
+        self._compute(time.perf_counter() - t)
+        return loss
 
     def run(self) -> dict:
         start, screened = self.prepare()
