@@ -72,9 +72,10 @@ def worker_timeline(results: list[dict], wall_s: float, workers: int, phase_comp
     if timed and all(_number(v) for v in inside):
         # the phases' own steps and evaluations, timed where they ran: the same run's compute, free of the
         # drift of a machine whose speed changes between a measurement and the run (a shared VM's ±15%)
-        out["in_phase_compute_s"] = round(sum(inside), 2)
-        if sum(inside) > 0:
-            out["wall_over_in_phase"] = round(wall_s / (sum(inside) / max(workers, 1)), 3)
+        inside_s = sum(inside)
+        out["in_phase_compute_s"] = round(inside_s, 2)
+        if inside_s > 0:
+            out["wall_over_in_phase"] = round(wall_s / (inside_s / max(workers, 1)), 3)
     total = compute_s if compute_s is not None else (
         phase_compute_s * len(timed) if phase_compute_s is not None else None)
     if total is not None and total > 0 and timed:
