@@ -115,7 +115,7 @@ class LocalLLM(LLM):
         import torch
 
         self.load()
-        tok, model = self._tokenizer, self._model
+        tok = self._tokenizer
         if self.style == "chat" and getattr(tok, "chat_template", None):
             text = tok.apply_chat_template(
                 [{"role": "user", "content": meta_prompt}], tokenize=False, add_generation_prompt=True
