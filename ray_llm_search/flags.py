@@ -2,7 +2,8 @@
 
 - LLM flags (``add_llm_flags``, read by ``llm_from_flags``): ``--llm`` (``local``: SmolLM2-135M offline, or
   ``openai``: any OpenAI-compatible endpoint), ``--llm-model`` (the API model, or a local GGUF file),
-  ``--base-url`` and ``--api-key-env`` (the *name* of the variable holding the key; the key is never a flag).
+  ``--base-url``, ``--api-key-env`` (the *name* of the variable holding the key; the key is never a flag) and
+  ``--llm-dtype`` (the local model's precision, ``LocalLLM(dtype=...)``).
 - Search flags (``add_search_flags``): ``--population``, ``--generations``, ``--elites``, ``--steps``,
   ``--eval-every`` and ``--seed``, with each script's own defaults.
 
@@ -21,8 +22,10 @@ from __future__ import annotations
 import argparse
 
 
-def add_llm_flags(parser, choices: tuple[str, ...] = ("local", "openai"), default: str = "local") -> None:
-    """``--llm``, ``--llm-model``, ``--base-url``, ``--api-key-env`` (``parser`` may be an argument group)."""
+def add_llm_flags(parser, choices: tuple[str, ...] = ("local", "openai"), default: str = "local",
+                  dtype: str = "auto") -> None:
+    """``--llm``, ``--llm-model``, ``--base-url``, ``--api-key-env``, ``--llm-dtype`` (default ``dtype``)
+    (``parser`` may be an argument group)."""
     parser.add_argument("--llm", choices=list(choices), default=default,
                         help="the mentor: local (SmolLM2-135M, offline) or openai (any OpenAI-compatible endpoint)")
     parser.add_argument("--llm-model", default=None,
@@ -30,6 +33,9 @@ def add_llm_flags(parser, choices: tuple[str, ...] = ("local", "openai"), defaul
     parser.add_argument("--base-url", default=None, help="OpenAI-compatible endpoint (vLLM, Ollama, llama.cpp)")
     parser.add_argument("--api-key-env", default="OPENAI_API_KEY",
                         help="name of the variable holding the API key (the value is never printed)")
+    parser.add_argument("--llm-dtype", choices=["auto", "float32", "bfloat16"], default=dtype,
+                        help="local LLM precision: auto is bfloat16 where the CPU/GPU computes it natively, else "
+                             f"float32 (default {dtype})")
 
 
 def refuse_model_flag(parser) -> None:
@@ -61,5 +67,7 @@ def llm_from_flags(args, seed: int | None = None, **kwargs):
     ``args.seed``; ``kwargs`` go to the client (e.g. ``max_new_tokens``)."""
     from ray_llm_search.llm import make_llm
 
+    if args.llm == "local" and getattr(args, "llm_dtype", None):
+        kwargs = {"dtype": args.llm_dtype, **kwargs}
     return make_llm(args.llm, args.llm_model, base_url=args.base_url, api_key_env=args.api_key_env,
                     seed=getattr(args, "seed", 0) if seed is None else seed, **kwargs)

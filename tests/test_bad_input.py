@@ -90,6 +90,8 @@ LLM_ROWS = [
      "GGUF file not found: '/nonexistent/model.gguf'"),
     ("LocalLLM: unknown style", lambda: LocalLLM("x.gguf", style="json"), "style must be 'chat' or 'completion'"),
     ("LocalLLM: temperature 0", lambda: LocalLLM("x.gguf", temperature=0.0), "temperature must be in (0, 2], got 0.0"),
+    ("LocalLLM: unknown dtype", lambda: LocalLLM("x.gguf", dtype="float16"),
+     "dtype must be one of auto, float32, bfloat16, got 'float16'"),
 ]
 
 

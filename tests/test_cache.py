@@ -148,3 +148,25 @@ def test_bad_arguments_are_clear_errors(tmp_path):
         CachedLLM("gpt-4o-mini", str(tmp_path / "x.jsonl"))
     with pytest.raises(ValueError, match="path must be a file path"):
         CachedLLM(OpenAIChat("m", api_key_env=None), "")
+
+
+def test_a_bfloat16_local_model_gets_its_own_answers_and_float32_keeps_the_old_keys(tmp_path, monkeypatch):
+    """A cache written by a float32 mentor is not replayed for a bfloat16 one (its answers differ), and float32
+    keys are those of caches written before the dtype option (no ``dtype`` in them)."""
+    from ray_llm_search import LocalLLM
+    from ray_llm_search.llm import local
+
+    assert LocalLLM("local-model", dtype="bfloat16").numerics() == {"dtype": "bfloat16", "attention": "eager"}
+
+    def key(llm):
+        return CachedLLM(llm, str(tmp_path / "c.jsonl")).key("prompt:", 4)
+
+    old = LocalLLM("local-model")
+    del old.dtype  # as pickled before the option: float32
+    assert old.resolved_dtype() == "float32"
+    f32, bf16 = LocalLLM("local-model", dtype="float32"), LocalLLM("local-model", dtype="bfloat16")
+    assert key(f32) == key(old) != key(bf16)
+    monkeypatch.setattr(local, "_native_dtype", lambda device: "bfloat16")
+    assert key(LocalLLM("local-model", dtype="auto")) == key(bf16)
+    monkeypatch.setattr(local, "_native_dtype", lambda device: "float32")
+    assert key(LocalLLM("local-model", dtype="auto")) == key(f32)

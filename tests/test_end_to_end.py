@@ -8,6 +8,7 @@ import os
 import pickle
 
 import pytest
+import torch
 
 ray = pytest.importorskip("ray")
 from ray import tune  # noqa: E402
@@ -130,6 +131,28 @@ def test_local_llm_proposes_real_text(llm):
     assert sum(parsed.rejected.values()) + len(parsed.candidates) >= 1
     blob = pickle.dumps(llm)
     assert len(blob) < 100_000  # the 135M model is not pickled with the searcher
+
+
+def test_the_local_llm_runs_in_the_precision_it_is_given(llm):
+    """``dtype``: the real SmolLM2 loads its weights as bfloat16 or float32 and proposes text either way;
+    ``"auto"`` is what the machine computes natively (the fixture's model)."""
+    from ray_llm_search.llm.local import _native_dtype
+    from ray_llm_search.mentor import Mentor
+    from ray_llm_search.pool import Evaluation
+
+    meta = Mentor(TASK, "val_acc").build_scored([Evaluation(0, s, 0.5, 0.4 + 0.1 * i) for i, s in enumerate(SEEDS)],
+                                                 4, style="completion")
+
+    assert llm.resolved_dtype() == _native_dtype("cpu")
+    assert {p.dtype for p in llm._model.parameters()} == {getattr(torch, llm.resolved_dtype())}
+    for name in ("bfloat16", "float32"):
+        one = LocalLLM(seed=1, max_new_tokens=8, dtype=name)
+        one.load()
+        assert {p.dtype for p in one._model.parameters()} == {getattr(torch, name)}
+        attention = one._model.config._attn_implementation  # bfloat16 on a CPU: eager; float32: transformers' own
+        assert (attention == "eager") == (name == "bfloat16"), attention
+        replies = one.propose(meta, 4)
+        assert len(replies) == 4 and any(r.strip() for r in replies), replies
 
 
 def test_the_local_llm_stops_at_the_newline_with_the_same_candidates(llm):

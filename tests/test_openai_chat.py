@@ -313,3 +313,22 @@ def test_make_llm_builds_the_client_the_flags_name(monkeypatch):
     assert isinstance(local, LocalLLM) and (local.seed, local.max_new_tokens, local._model) == (3, 24, None)
     with pytest.raises(ValueError, match=r"LLM kind must be one of \('local', 'openai'\), got 'vllm'"):
         make_llm("vllm")
+
+
+def test_the_llm_dtype_flag_reaches_the_local_model_and_the_comparison_keeps_float32():
+    """``--llm-dtype``: the quickstart's default is ``auto``; the comparison's is ``float32``, the precision every
+    recorded run's mentor had, so runs merged across invocations ask the same mentor."""
+    import argparse
+
+    from ray_llm_search.compare import parse_args as compare_args
+    from ray_llm_search.flags import add_llm_flags, llm_from_flags
+
+    p = argparse.ArgumentParser()
+    add_llm_flags(p)
+    assert p.parse_args([]).llm_dtype == "auto"
+    args = p.parse_args(["--llm-dtype", "bfloat16"])
+    args.seed = 2
+    assert llm_from_flags(args, load=False).dtype == "bfloat16"
+    assert compare_args([]).llm_dtype == "float32"
+    with pytest.raises(SystemExit):
+        p.parse_args(["--llm-dtype", "float16"])

@@ -69,6 +69,9 @@ class CachedLLM(LLM):
         settings = {name: getattr(self.llm, name) for name in _SETTINGS if hasattr(self.llm, name)}
         if settings.get("base_url"):
             settings["base_url"] = _without_credentials(settings["base_url"])
+        numerics = getattr(self.llm, "numerics", None)
+        if callable(numerics):  # a local model's precision; float32's {} keeps the keys of caches written before
+            settings.update(numerics())
         material = json.dumps({"class": type(self.llm).__name__, "settings": settings, "meta_prompt": meta_prompt,
                                "n": n, "occurrence": occurrence}, sort_keys=True, default=str)
         return hashlib.sha256(material.encode("utf-8")).hexdigest()
