@@ -64,7 +64,7 @@ class LocalLLM(LLM):
             (a CPU with AVX512-BF16 or AMX, a CUDA GPU that supports it) and ``"float32"`` elsewhere; or name it.
             bfloat16 rounds the de-quantised weights, and on a CPU runs attention eagerly (torch's fused CPU kernel
             is slower for one-token decoding in bfloat16): a few candidates of a round differ from float32's; on
-            an AVX512-BF16 CPU (2 cores) a round of 14 continuations of SmolLM2 takes 1.6 s instead of 3.4-4.3 s.
+            an AVX512-BF16 CPU (2 cores) a round of 14 continuations of SmolLM2 takes 1.6-1.9 s instead of 3.4-4.3 s.
 
     Example:
         >>> llm = LocalLLM()                     # offline SmolLM2
