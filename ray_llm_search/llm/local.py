@@ -16,12 +16,6 @@ logger = logging.getLogger(__name__)
 _DTYPES = ("auto", "float32", "bfloat16")
 
 
-def _torch_dtype(name: str):
-    import torch
-
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
-
-
 def _native_dtype(device: str) -> str:
     """``"bfloat16"`` where ``device`` computes it natively (emulated bfloat16 is slower than float32)."""
     import torch
@@ -130,17 +124,19 @@ class LocalLLM(LLM):
         with self._load_lock:
             if self._model is not None:
                 return
+            import torch
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
             source = self._converted_gguf() if self.model_name.endswith(".gguf") else self.model_name
             try:
                 self._tokenizer = AutoTokenizer.from_pretrained(source)
-                attention = self.numerics().get("attention")
+                numerics = self.numerics()
+                attention = numerics.get("attention")
                 model = AutoModelForCausalLM.from_pretrained(
                     source, **({"attn_implementation": attention} if attention else {}))
             except OSError as e:
                 raise LLMError("load", f"cannot load model {self.model_name!r}: {e}") from e
-            self._model = model.to(self.device, dtype=_torch_dtype(self.resolved_dtype())).eval()
+            self._model = model.to(self.device, dtype=getattr(torch, numerics.get("dtype", "float32"))).eval()
 
     def resolved_dtype(self) -> str:
         """``"float32"`` or ``"bfloat16"``: what ``dtype`` means on this machine's ``device``."""
