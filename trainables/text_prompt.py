@@ -32,6 +32,7 @@ from contextlib import nullcontext
 import torch
 import torch.nn.functional as F
 
+from trainables.bert import load_bert
 from trainables.data import Example, TextDataset, load_dataset
 from trainables.phase import check_config, evaluate_logits, resolve_device, run_phase
 from trainables.projection import ids_to_text, project_to_tokens, special_token_ids, text_to_vectors
@@ -77,9 +78,23 @@ def load_backbone(name: str | None, device: torch.device):
     """Frozen (tokenizer, model, is_causal), cached per process."""
     key = (name, str(device))
     if key not in _BACKBONES:
+        path = resolve_model(name)
+        # a plain BERT encoder in a local folder (the offline default) loads without transformers' modelling
+        # stack, 3 s less in every fresh worker, and computes the same bits (trainables.bert)
+        plain = load_bert(path) if os.path.isdir(path) else None
+        if plain is not None:
+            from transformers import AutoTokenizer
+
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(path)
+            except OSError as e:
+                raise ValueError(f"cannot load the tokenizer of model {name!r} ({path}): {e}") from e
+            if tokenizer.pad_token_id is None:
+                tokenizer.pad_token = tokenizer.eos_token
+            _BACKBONES[key] = (tokenizer, plain.to(device).eval().requires_grad_(False), False)
+            return _BACKBONES[key]
         from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-        path = resolve_model(name)
         try:
             config = AutoConfig.from_pretrained(path)
             tokenizer = AutoTokenizer.from_pretrained(path)
