@@ -53,8 +53,8 @@ def test_the_same_hidden_states_and_gradients_as_transformers(minilm):
 
 
 def test_a_soft_prompt_classifier_computes_the_same_on_either(minilm, monkeypatch):
-    from trainables.data import Example
     from trainables import text_prompt
+    from trainables.data import Example
 
     path, tok, ours, theirs = minilm
     batch = [Example("rain and snow all week", 0), Example("the team scored a late goal", 1)]
@@ -66,7 +66,7 @@ def test_a_soft_prompt_classifier_computes_the_same_on_either(minilm, monkeypatc
         loss = clf.loss(vectors, batch)
         loss.backward()
         results.append((clf.label_features, loss.detach(), vectors.grad))
-    for a, b in zip(*results):
+    for a, b in zip(*results, strict=True):
         assert torch.equal(a, b)
 
 
@@ -111,10 +111,10 @@ def test_loading_leaves_the_callers_random_state(minilm):
 
 
 def test_a_fresh_process_builds_the_default_classifier_without_transformers_modelling():
-    code = ("import sys; sys.path.insert(0, {root!r})\n"
+    code = (f"import sys; sys.path.insert(0, {ROOT!r})\n"
             "from trainables.text_prompt import SoftPromptClassifier\n"
             "clf = SoftPromptClassifier(None, ['sport', 'weather'], prompt_length=4, max_length=32, device='cpu')\n"
             "print(sorted(m for m in ('transformers.modeling_utils', 'torch._dynamo', 'scipy') if m in sys.modules))\n"
-            ).format(root=ROOT)
+            )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
     assert out.stdout.strip().splitlines()[-1] == "[]"
