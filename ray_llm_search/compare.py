@@ -972,7 +972,7 @@ def parse_args(argv=None, default_out: str | None = None, prog: str | None = Non
     p.add_argument("--prompt-length", type=int, default=8)
     p.add_argument("--max-length", type=int, default=None, help="tokens per input (default: 128 for rte, else 64)")
     p.add_argument("--max-prompt-words", type=int, default=12)
-    add_llm_flags(p, dtype="float32")  # the precision every recorded run's mentor had
+    add_llm_flags(p, dtype="float32", decode="generate")  # the precision and sampler every recorded run's mentor had
     p.add_argument("--cpus", type=int, default=None, help="Ray CPUs (default: all); one per trial")
     p.add_argument("--cpu", action="store_true", help="force CPU even with a GPU")
     p.add_argument("--out", default=default_out or "compare_results", help="results.json, the table, the plots")
