@@ -102,6 +102,15 @@ def test_a_folder_without_safetensors_goes_to_transformers(minilm, tmp_path):
     assert plain_bert_config(path) is None and load_bert(path) is None
 
 
+def test_weights_in_another_precision_go_to_transformers(minilm, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    path = _copy(minilm[0], tmp_path / "m")
+    weights = load_file(os.path.join(path, "model.safetensors"))
+    save_file({k: v.half() for k, v in weights.items()}, os.path.join(path, "model.safetensors"))
+    assert plain_bert_config(path) is not None and load_bert(path) is None
+
+
 def test_loading_leaves_the_callers_random_state(minilm):
     torch.manual_seed(5)
     expected = torch.rand(3)

@@ -5,10 +5,10 @@ Why: a fresh Tune worker that builds ``transformers.AutoModel`` imports transfor
 3-3.5 s on a 2-core machine before the first step of a run, for a 6-layer model whose weights load in 3 ms.
 ``BertEncoder`` is the same computation, op for op, as transformers' ``BertModel`` (its ``sdpa`` attention, the
 default) without the pooler: the same weights give the same hidden states and the same gradients, bit for bit on
-one machine (tests/test_text_prompt.py checks forward and backward against transformers on all-MiniLM-L6-v2).
+one machine (tests/test_bert.py checks forward and backward against transformers on all-MiniLM-L6-v2).
 
 ``load_bert(path)`` returns one for a local folder holding a plain BERT encoder (``config.json`` of
-``model_type: "bert"``, not a decoder, absolute positions, GELU, and ``model.safetensors``); anything else is
+``model_type: "bert"``, not a decoder, absolute positions, GELU, and float32 ``model.safetensors``); anything else is
 ``None`` and the caller loads it with transformers. The interface is the part of ``BertModel`` a soft-prompt
 classifier uses: ``model(input_ids= | inputs_embeds=, attention_mask=, token_type_ids=).last_hidden_state`` and
 ``get_input_embeddings()``.
@@ -168,7 +168,8 @@ def load_bert(path: str) -> BertEncoder | None:
     with torch.random.fork_rng(devices=[]):  # the layers' random initialisation leaves the caller's RNG as it was
         model = BertEncoder(config)
     expected = model.state_dict()
-    if set(weights) != set(expected) or any(weights[k].shape != v.shape for k, v in expected.items()):
-        return None
-    model.load_state_dict({k: v.float() for k, v in weights.items()})
+    if set(weights) != set(expected) or any(weights[k].shape != v.shape or weights[k].dtype != torch.float32
+                                            for k, v in expected.items()):
+        return None  # another layout, or weights saved in another precision (transformers may keep it)
+    model.load_state_dict(weights)
     return model
