@@ -81,7 +81,10 @@ def test_real_phases_under_tune_report_their_timing_and_warm_workers_skip_the_se
     assert all(0 < r["compute_s"] <= r["elapsed_s"] - r["setup_s"] for r in results)
     s = worker_timeline(results, wall_s=60.0, workers=2)
     assert s["trials"] == 4 and s["untimed"] == 0
-    assert s["processes"] == 2  # 4 phases, 2 reused actors: the backbone loaded twice, not four times
+    # 4 phases on at most 2 reused actors: the backbone loaded at most twice, not four times. Tune may run all
+    # four on the first actor when they end before the second actor's process has started (CI, 2026-12-02,
+    # once the plain BERT encoder made a fresh setup about 2 s): 1 process then, never 3 or 4.
+    assert 1 <= s["processes"] <= 2, s
     # a new process imports torch and loads MiniLM inside its first phase; a warm one finds them cached
     # (relative, not a fixed time: on a loaded machine both take longer; idle: about 0.05 s and 4 s)
     assert s["setup_warm_s"] * 4 < s["setup_fresh_s"]
