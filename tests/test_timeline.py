@@ -3,6 +3,11 @@ as the real text trainable reports them under real Tune with reused actors."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import pytest
 
 from ray_llm_search.timeline import describe, worker_timeline
@@ -88,3 +93,24 @@ def test_real_phases_under_tune_report_their_timing_and_warm_workers_skip_the_se
     # a new process imports torch and loads MiniLM inside its first phase; a warm one finds them cached
     # (relative, not a fixed time: on a loaded machine both take longer; idle: about 0.05 s and 4 s)
     assert s["setup_warm_s"] * 4 < s["setup_fresh_s"]
+
+
+@pytest.mark.slow
+def test_the_overlap_benchmark_screens_only_after_the_round_and_steps_during_it_only_when_overlapping(tmp_path):
+    """examples/bench_overlap.py with the real MiniLM phase and the real SmolLM2 mentor, one short repetition."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = tmp_path / "overlap.json"
+    proc = subprocess.run([sys.executable, os.path.join(root, "examples", "bench_overlap.py"), "--reps", "1",
+                           "--steps", "4", "--continuations", "4", "--json", str(out)],
+                          capture_output=True, text=True, timeout=600, cwd=root)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "overlap / serial" in proc.stdout
+    result = json.loads(out.read_text())
+    runs = {r["mode"]: r for r in result["runs"]}
+    assert set(runs) == {"serial", "overlap"} and all(r["wall_s"] > 0 for r in runs.values())
+    for run in runs.values():  # candidates are screened once they exist, in both orders
+        assert run["phase"]["screened_at"] >= run["round"]["ended"]  # when the screening began
+    # serial: the first step after the round; overlap: the first step while the round still runs
+    assert runs["serial"]["phase"]["first_step_at"] >= runs["serial"]["phase"]["screened_at"]
+    assert runs["overlap"]["phase"]["first_step_at"] < runs["overlap"]["round"]["ended"]
+    assert result["ratio"] == pytest.approx(runs["overlap"]["wall_s"] / runs["serial"]["wall_s"])
