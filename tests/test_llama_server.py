@@ -39,7 +39,6 @@ STYLE = "completion"
 # port: CI, 2026-12-02, a 2-core AMX machine), a machine-dependent ggml AMX fault in llama.cpp's own tracker.
 # llama-cpp-python's server has no flag for it, so the launcher sets it in the model's default parameters.
 LAUNCH = """
-import sys
 import llama_cpp.llama_cpp as lib
 _defaults = lib.llama_model_default_params
 def _no_repack():
