@@ -69,6 +69,7 @@ def _phase_worker(conn, go, round_done) -> None:
             return began
 
         torch.set_num_threads(threads if mode == "serial" else max(1, threads // 2))
+        conn.send("armed")
         go.wait()
         began = time.time()
         if mode == "serial":
@@ -104,6 +105,7 @@ def _llm_worker(conn, go, round_done, meta_prompt: str, n: int) -> None:
         mode, threads, _ = command
         torch.set_num_threads(threads if mode == "serial" else max(1, threads // 2))
         llm._calls = 0  # every round samples with the same seed: the same continuations in both modes
+        conn.send("armed")
         go.wait()
         began = time.time()
         replies = llm.propose(meta_prompt, n)
@@ -155,7 +157,7 @@ def main(argv=None) -> dict:
                 round_done.clear()
                 phase_conn.send((mode, args.threads, args.steps))
                 llm_conn.send((mode, args.threads, args.steps))
-                time.sleep(0.5)  # both waiting on go
+                assert phase_conn.recv() == "armed" and llm_conn.recv() == "armed"  # both about to wait on go
                 go.set()
                 ph, lm = phase_conn.recv(), llm_conn.recv()
                 wall = max(ph["ended"], lm["ended"]) - min(ph["began"], lm["began"])
