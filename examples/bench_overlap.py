@@ -4,7 +4,8 @@ In the default design (``"authors-paired"``) the one chain waits for each LLM ro
 round's candidates before its first step. The alternative measured here: the chain starts its steps the moment
 its phase begins, the round and the steps sharing the cores (half the threads each), and the candidates are
 screened when the round ends (all the threads again); when none wins (every run recorded so far: 0 of 600
-adopted) the steps already taken are the ones the serial order would take. This runs one quickstart
+adopted) the steps already taken are the serial order's (the same batches and updates, up to the floating-point
+effect of the thread count). This runs one quickstart
 generation both ways, side by side in one run, in two processes (the phase, the mentor), each loaded and
 warmed before timing:
 
@@ -169,7 +170,10 @@ def main(argv=None) -> dict:
                       flush=True)
     finally:
         for conn in (phase_conn, llm_conn):
-            conn.send(None)
+            try:
+                conn.send(None)
+            except OSError:  # that worker died: its error is the one to see, not this
+                pass
         for w in workers:
             w.join(timeout=30)
     serial, overlap = statistics.median(walls["serial"]), statistics.median(walls["overlap"])

@@ -34,10 +34,11 @@ SEEDS = ["the topic of this news article is", "news category:"]
 STYLE = "completion"
 
 
-# The server with weight repacking off (llama.cpp's "extra buffer types"): on a CPU with AMX the repacked Q4_1
-# weights crashed the server at its first completion (the /models check passed, then every request met a closed
-# port: CI, 2026-12-02, a 2-core AMX machine), a machine-dependent ggml AMX fault in llama.cpp's own tracker.
-# llama-cpp-python's server has no flag for it, so the launcher sets it in the model's default parameters.
+# The server with weight repacking off (llama.cpp's "extra buffer types"). In CI on a 2-core AMX machine
+# (2026-12-02) the server passed the /models check, then every completion met a closed port: most likely the
+# machine-dependent segfault of ggml's AMX path on repacked weights (llama.cpp's own tracker; this Q4_1 file is
+# repacked there), inferred, not reproduced (an AVX2 machine passes either way). llama-cpp-python's server has no
+# flag for it, so the launcher sets it in the model's default parameters.
 LAUNCH = """
 import llama_cpp.llama_cpp as lib
 _defaults = lib.llama_model_default_params
