@@ -1,7 +1,8 @@
 """Where the workers' time goes: phases, the setup inside them, and the gaps between them.
 
 Built from what the phases of ``trainables.phase`` report (``started_at``, ``setup_s``, ``first_step_s``,
-``elapsed_s``) and Tune's ``pid`` of the worker process, so it needs nothing but the trials' last results::
+``first_compute_s``, ``elapsed_s``) and Tune's ``pid`` of the worker process, so it needs nothing but the
+trials' last results::
 
     from ray_llm_search.timeline import worker_timeline
     summary = worker_timeline([t.last_result for t in analysis.trials], wall_s=tune_wall, workers=2)
@@ -33,7 +34,9 @@ def worker_timeline(results: list[dict], wall_s: float, workers: int, phase_comp
     Returns a dict: ``trials``, ``untimed``, ``processes`` (distinct worker processes), ``phase_s`` (sum of
     the phases' own spans), ``utilisation`` (``phase_s / (wall_s * workers)``), ``setup_fresh_s`` and
     ``setup_warm_s`` (median setup of a process's first phase and of its later ones), ``first_step_warm_s``
-    (median and max of warm phases' ``first_step_s``), ``gap_s`` (median, max and total idle time between
+    (median and max of warm phases' ``first_step_s``), ``first_compute_warm_s`` (the same of their
+    ``first_compute_s``: the wait before a warm phase computes anything, a screening evaluation or a step),
+    ``gap_s`` (median, max and total idle time between
     one phase's end and the next phase's start in the same process) and, given ``phase_compute_s``,
     ``ideal_s`` and ``wall_over_ideal``; where every phase reports ``compute_s`` (its steps' and evaluations'
     own seconds, ``trainables.phase``), ``in_phase_compute_s`` (their sum) and ``wall_over_in_phase``
@@ -44,7 +47,7 @@ def worker_timeline(results: list[dict], wall_s: float, workers: int, phase_comp
     by_pid: dict = defaultdict(list)
     for r in timed:
         by_pid[r["pid"]].append(r)
-    fresh, warm, first_warm, gaps = [], [], [], []
+    fresh, warm, first_warm, compute_warm, gaps = [], [], [], [], []
     for rows in by_pid.values():
         rows.sort(key=lambda r: r["started_at"])
         for i, r in enumerate(rows):
@@ -53,6 +56,8 @@ def worker_timeline(results: list[dict], wall_s: float, workers: int, phase_comp
                 (fresh if i == 0 else warm).append(float(setup))
             if i and _number(r.get("first_step_s")):
                 first_warm.append(float(r["first_step_s"]))
+            if i and _number(r.get("first_compute_s")):
+                compute_warm.append(float(r["first_compute_s"]))
             if i:
                 prev = rows[i - 1]
                 gaps.append(max(0.0, r["started_at"] - (prev["started_at"] + prev["elapsed_s"])))
@@ -65,7 +70,8 @@ def worker_timeline(results: list[dict], wall_s: float, workers: int, phase_comp
         "utilisation": round(phase_s / max(wall_s * max(workers, 1), 1e-9), 3),
         "setup_fresh_s": _median(fresh),
         "setup_warm_s": _median(warm),
-        "first_step_warm_s": {"median": _median(first_warm), "max": round(max(first_warm), 3) if first_warm else None},
+        "first_step_warm_s": _spread(first_warm),
+        "first_compute_warm_s": _spread(compute_warm),
         "gap_s": {"median": _median(gaps), "max": round(max(gaps), 3) if gaps else None, "total": round(sum(gaps), 2)},
     }
     inside = [r.get("compute_s") for r in timed]
@@ -88,6 +94,7 @@ def worker_timeline(results: list[dict], wall_s: float, workers: int, phase_comp
 def describe(summary: dict, wall_s: float, workers: int) -> str:
     """The summary as two lines for a log or a terminal."""
     first = summary["first_step_warm_s"]
+    computes = summary.get("first_compute_warm_s") or {"median": None, "max": None}
     gap = summary["gap_s"]
     line = (f"utilisation: workers inside phases {100 * summary['utilisation']:.0f}% of the wall ({summary['phase_s']:.0f}s "
             f"of phases on {workers} workers in {wall_s:.0f}s); {summary['processes']} worker processes for "
@@ -98,10 +105,16 @@ def describe(summary: dict, wall_s: float, workers: int) -> str:
         line += (f"; wall / the phases' own compute {summary['wall_over_in_phase']:.2f} "
                  f"({summary['in_phase_compute_s']:.0f}s timed inside the phases)")
     detail = (f"setup inside a phase: {_fmt(summary['setup_fresh_s'])} in a new process, {_fmt(summary['setup_warm_s'])} "
-              f"on a warm one; a warm phase's first step after {_fmt(first['median'])} (max {_fmt(first['max'])}); "
+              f"on a warm one; a warm phase computes after {_fmt(computes['median'])} (max {_fmt(computes['max'])}) and "
+              f"takes its first step after {_fmt(first['median'])} (max {_fmt(first['max'])}; a phase that screens "
+              f"candidates evaluates them first); "
               f"gaps between phases in a process: median {_fmt(gap['median'])}, max {_fmt(gap['max'])}, "
               f"total {_fmt(gap['total'])}")
     return line + "\n" + detail
+
+
+def _spread(values: list[float]) -> dict:
+    return {"median": _median(values), "max": round(max(values), 3) if values else None}
 
 
 def _fmt(value) -> str:

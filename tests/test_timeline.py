@@ -13,19 +13,21 @@ import pytest
 from ray_llm_search.timeline import describe, worker_timeline
 
 
-def row(pid, start, elapsed, setup, first_step=None):
+def row(pid, start, elapsed, setup, first_step=None, first_compute=None):
     return {"pid": pid, "started_at": start, "elapsed_s": elapsed, "setup_s": setup,
-            **({"first_step_s": first_step} if first_step is not None else {})}
+            **({"first_step_s": first_step} if first_step is not None else {}),
+            **({"first_compute_s": first_compute} if first_compute is not None else {})}
 
 
 def test_phases_setup_and_gaps_per_worker_process():
-    results = [row(1, 100.0, 10.0, 4.0, 5.0), row(1, 111.0, 6.0, 0.1, 1.1), row(1, 120.0, 6.0, 0.3, 1.3),
+    results = [row(1, 100.0, 10.0, 4.0, 5.0, 4.5), row(1, 111.0, 6.0, 0.1, 1.1, 0.2), row(1, 120.0, 6.0, 0.3, 1.3, 0.4),
                row(2, 101.0, 12.0, 5.0, 6.0), {"pid": 3, "val_acc": 0.5}]  # a trial of another trainable
     s = worker_timeline(results, wall_s=30.0, workers=2, phase_compute_s=5.0)
     assert s["trials"] == 4 and s["untimed"] == 1 and s["processes"] == 2
     assert s["phase_s"] == 34.0 and s["utilisation"] == round(34.0 / 60.0, 3)
     assert s["setup_fresh_s"] == 4.5 and s["setup_warm_s"] == 0.2  # medians of (4, 5) and (0.1, 0.3)
     assert s["first_step_warm_s"] == {"median": 1.2, "max": 1.3}
+    assert s["first_compute_warm_s"] == {"median": 0.3, "max": 0.4}  # warm phases only: not the fresh 4.5
     assert s["gap_s"] == {"median": 2.0, "max": 3.0, "total": 4.0}  # 110 -> 111 and 117 -> 120 on pid 1
     assert s["ideal_s"] == 10.0 and s["wall_over_ideal"] == 3.0
     # phases of different lengths: the ideal is their compute together over the workers
@@ -33,6 +35,7 @@ def test_phases_setup_and_gaps_per_worker_process():
     assert mixed["ideal_s"] == 6.0 and mixed["wall_over_ideal"] == 5.0
     text = describe(s, 30.0, 2)
     assert "57% of the wall" in text and "wall / ideal 3.00" in text and "2 worker processes for 4 phases" in text
+    assert "a warm phase computes after 0.30s (max 0.40s) and takes its first step after 1.20s (max 1.30s" in text
 
 
 def test_the_phases_own_compute_gives_a_ratio_free_of_the_machines_drift():
@@ -81,7 +84,7 @@ def test_real_phases_under_tune_report_their_timing_and_warm_workers_skip_the_se
     finally:
         ray.shutdown()
     results = [t.last_result for t in analysis.trials]
-    assert all(r["elapsed_s"] >= r["first_step_s"] >= r["setup_s"] >= 0 for r in results)
+    assert all(r["elapsed_s"] >= r["first_step_s"] >= r["first_compute_s"] >= r["setup_s"] >= 0 for r in results)
     # the steps' and evaluations' own time: inside the phase, after its setup
     assert all(0 < r["compute_s"] <= r["elapsed_s"] - r["setup_s"] for r in results)
     s = worker_timeline(results, wall_s=60.0, workers=2)

@@ -61,6 +61,7 @@ from typing import Any
 import torch
 
 from ray_llm_search import contract
+from trainables.optim import make_optimizer
 
 logger = logging.getLogger(__name__)
 
@@ -193,14 +194,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _make_optimizer(name: str, params: list, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
-    raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {name!r}")
-
-
 def run_phase(config: dict, model, train: list, val: list,
               report: Callable[[dict, str | None], None] | None = None, started: float | None = None) -> dict:
     """Run one gradient phase and return its best evaluation.
@@ -217,6 +210,8 @@ def run_phase(config: dict, model, train: list, val: list,
     Timing keys in every result: ``started_at`` (that wall-clock time), ``setup_s`` (seconds from it until the
     phase was ready to evaluate its start: model, data and vectors in hand) and, once the first gradient step
     has begun, ``first_step_s`` (seconds from ``started_at`` to that step, start evaluations included);
+    ``first_compute_s``: seconds from ``started_at`` to the start of its first evaluation or step (what a
+    phase waits before it computes anything; a screening phase evaluates its candidates before its first step);
     ``elapsed_s``: seconds from ``started_at`` to this report.
     """
     return Phase(config, model, train, val, report, started).run()
@@ -260,7 +255,7 @@ class Phase:
         self.timing: dict = {}
         self.restored = _restart_state() if self.in_tune else None
         self.prompt: torch.nn.Parameter | None = None
-        self.optimizer: torch.optim.Optimizer | None = None
+        self.optimizer = None  # trainables.optim: torch.optim's update without its import of torch._dynamo
         self._lr_at = getattr(model, "lr_at", None)
         self._base_lr = float(self.cfg["lr"])
 
@@ -280,7 +275,10 @@ class Phase:
 
     def _compute(self, seconds: float) -> None:
         """Count ``seconds`` of a step or an evaluation in ``compute_s`` (the phase's own compute, timed where
-        it runs: what a run's wall is compared with when the machine's speed drifts between measurements)."""
+        it runs: what a run's wall is compared with when the machine's speed drifts between measurements); the
+        first one's start is ``first_compute_s``."""
+        if "first_compute_s" not in self.timing and "started_at" in self.timing:
+            self.timing["first_compute_s"] = round(time.time() - seconds - self.started, 4)
         self.timing["compute_s"] = self.timing.get("compute_s", 0.0) + seconds
 
     def prepare(self) -> tuple[dict, list]:
@@ -295,7 +293,7 @@ class Phase:
                                                     len(self.val), self.right)
             self.start_right = start.get("right")
         self.prompt = torch.nn.Parameter(prompt)
-        self.optimizer = _make_optimizer(self.cfg["optimizer"], [self.prompt, *self.model.extra_parameters()],
+        self.optimizer = make_optimizer(self.cfg["optimizer"], [self.prompt, *self.model.extra_parameters()],
                                          self._base_lr, float(self.cfg["weight_decay"]))
         if self.restored is not None and self.restored.get("optimizer"):
             self.optimizer.load_state_dict(self.restored["optimizer"])
