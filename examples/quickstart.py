@@ -164,7 +164,7 @@ def main(argv=None) -> dict:
     phase_compute = unit["step_s"] * base["steps"] + unit["eval_s"] * (base["steps"] // base["eval_every"] + 1)
     compute = sum(int(r.get("step", 0)) * unit["step_s"] + int(r.get("evaluations", 1)) * unit["eval_s"] for r in last)
     timeline = worker_timeline(last, wall_s=tune_wall, workers=workers, phase_compute_s=phase_compute,
-                               compute_s=compute)
+                               compute_s=compute, started_at=tune_started)
     wall = time.time() - started
     n_trials = len(analysis.trials)
     summary = {

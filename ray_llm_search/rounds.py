@@ -33,8 +33,18 @@ _MAX_KEPT_REPLY_CHARS = 4_000  # per reply, in the round's record
 REASK_BACKOFF_S = 1.0
 # The longest a searcher's ``suggest`` blocks for a round when no trial of its search runs (LLMSearch): Tune
 # then has nothing else to do, and would otherwise ask again after a 1 s sleep and sleep 1 s more once a
-# trial comes (about 2 s lost per round); a longer round returns None and is waited for at the next ask.
+# trial comes (about 2 s lost per round); a longer round returns None and is waited for at the next ask,
+# after which Tune sleeps 1 s before starting the phase. So the wait grows with the rounds seen: twice the
+# longest so far, at least IDLE_WAIT_S and at most IDLE_WAIT_MAX_S (a first Ctrl-C, which asks Tune to stop
+# gracefully, is handled once the wait ends; a second one interrupts at once).
 IDLE_WAIT_S = 5.0
+IDLE_WAIT_MAX_S = 20.0
+
+
+def idle_wait_s(previous_rounds_s: list[float]) -> float:
+    """How long ``suggest`` may block for a round, given how long earlier rounds took (seconds)."""
+    longest = max((float(s) for s in previous_rounds_s if isinstance(s, (int, float)) and s == s), default=0.0)
+    return min(IDLE_WAIT_MAX_S, max(IDLE_WAIT_S, 2.0 * longest))
 # What generations.jsonl keeps of a round (its "llm" entry).
 RECORD_KEYS = ("status", "error", "seconds", "asks", "meta_prompt", "replies", "candidates", "filled", "screened",
                "screen_filled", "rejected", "faults")

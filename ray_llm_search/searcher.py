@@ -31,7 +31,7 @@ from ray_llm_search.llm.base import LLM
 from ray_llm_search.mentor import Mentor
 from ray_llm_search.pool import Evaluation, PromptPool, Trajectory, loss_key, normalize, perturb, vocabulary_of
 from ray_llm_search.records import GenerationLog
-from ray_llm_search.rounds import IDLE_WAIT_S, Journal, Round, RoundEngine
+from ray_llm_search.rounds import Journal, Round, RoundEngine, idle_wait_s
 
 logger = logging.getLogger(__name__)
 
@@ -414,16 +414,17 @@ class LLMSearch(Searcher):
         return out
 
     def _wait_if_idle(self) -> None:
-        """With nothing queued and no trial of this search running, block a little (``rounds.IDLE_WAIT_S``) for
-        the round whose candidates the next phases need, so that the next phase starts when the round ends
-        and not up to 2 s later (Tune, with no trial running, polls once a second). While any trial runs,
-        ``suggest`` never waits: Tune has its results to handle."""
+        """With nothing queued and no trial of this search running, block a little (``rounds.idle_wait_s``: twice
+        the longest round so far, 5 to 20 s) for the round whose candidates the next phases need, so that the
+        next phase starts when the round ends and not up to 2 s later (Tune, with no trial running, polls once a
+        second and sleeps a second after a trial comes). While any trial runs, ``suggest`` never waits: Tune has
+        its results to handle."""
         rnd = self._rounds.get(self._generation)
         if self._queue or rnd is None or rnd.status != "pending" or not self._engine.running:
             return
         if any(t.status == "running" for t in self._pool.trajectories.values()):
             return
-        self._engine.wait(rnd, IDLE_WAIT_S)
+        self._engine.wait(rnd, idle_wait_s([r.seconds for g, r in self._rounds.items() if g != self._generation]))
 
     def _round_follows(self, generation: int) -> bool:
         """Whether an LLM round will read this generation's results: a next generation with new starts or

@@ -18,7 +18,7 @@ from collections import defaultdict
 
 
 def worker_timeline(results: list[dict], wall_s: float, workers: int, phase_compute_s: float | None = None,
-                    compute_s: float | None = None) -> dict:
+                    compute_s: float | None = None, started_at: float | None = None) -> dict:
     """Summary of a run's worker time from each trial's last result.
 
     Args:
@@ -30,6 +30,9 @@ def worker_timeline(results: list[dict], wall_s: float, workers: int, phase_comp
             (``phase_compute_s * trials / workers``) and ``wall_over_ideal``.
         compute_s: every trial's compute together, timed the same way, where phases differ (e.g. some score
             text without a step); gives ``ideal_s = compute_s / workers`` instead.
+        started_at: ``time.time()`` when the run began (``tune.run`` called); gives ``lead_in_s`` (from it to the
+            first phase's start: Tune starting the first worker, whose imports come before the phase) and
+            ``tail_s`` (from the last phase's end to the end of ``wall_s``).
 
     Returns a dict: ``trials``, ``untimed``, ``processes`` (distinct worker processes), ``phase_s`` (sum of
     the phases' own spans), ``utilisation`` (``phase_s / (wall_s * workers)``), ``setup_fresh_s`` and
@@ -74,6 +77,9 @@ def worker_timeline(results: list[dict], wall_s: float, workers: int, phase_comp
         "first_compute_warm_s": _spread(compute_warm),
         "gap_s": {"median": _median(gaps), "max": round(max(gaps), 3) if gaps else None, "total": round(sum(gaps), 2)},
     }
+    if _number(started_at) and timed:
+        out["lead_in_s"] = round(min(r["started_at"] for r in timed) - started_at, 3)
+        out["tail_s"] = round(started_at + wall_s - max(r["started_at"] + r["elapsed_s"] for r in timed), 3)
     inside = [r.get("compute_s") for r in timed]
     if timed and all(_number(v) for v in inside):
         # the phases' own steps and evaluations, timed where they ran: the same run's compute, free of the
@@ -110,6 +116,9 @@ def describe(summary: dict, wall_s: float, workers: int) -> str:
               f"candidates evaluates them first); "
               f"gaps between phases in a process: median {_fmt(gap['median'])}, max {_fmt(gap['max'])}, "
               f"total {_fmt(gap['total'])}")
+    if "lead_in_s" in summary:
+        detail += (f"; from the run's start to the first phase {_fmt(summary['lead_in_s'])}, from the last phase's end "
+                   f"to the run's end {_fmt(summary['tail_s'])}")
     return line + "\n" + detail
 
 

@@ -361,6 +361,38 @@ def test_with_no_trial_running_suggest_waits_for_the_round_and_hands_out_its_pha
     assert search.records[1]["llm"]["seconds"] < 0.4 + 0.5  # the round's time, not a later poll's
 
 
+def test_the_idle_wait_grows_with_the_rounds_so_that_a_longer_round_hands_out_its_phase_in_one_ask(
+        tmp_path, monkeypatch):
+    """A round longer than the wait makes suggest return None, and Tune then sleeps 1 s after the trial it finds
+    on its next ask: the wait is twice the longest round so far (rounds.idle_wait_s), here scaled down."""
+    from ray_llm_search import rounds
+
+    monkeypatch.setattr(rounds, "IDLE_WAIT_S", 0.2)
+    monkeypatch.setattr(rounds, "IDLE_WAIT_MAX_S", 5.0)
+    assert rounds.idle_wait_s([]) == 0.2 and rounds.idle_wait_s([0.3, None, float("nan")]) == 0.6
+    assert rounds.idle_wait_s([9.0]) == 5.0
+    delays = [0.4, 0.6]
+
+    class Slow(ScriptedLLM):
+        def propose(self, meta_prompt, n):
+            time.sleep(delays.pop(0))
+            return super().propose(meta_prompt, n)
+
+    search = make(tmp_path, Slow(), seed_prompts=["seed a", "seed b"], population=2, elites=1, screen=1,
+                  generations=3)
+    driver = Driver(search)
+    driver.generation(2)
+    assert driver.suggest() is None  # the first round (0.4 s) outlasts the first wait (0.2 s)
+    config = driver.suggest()
+    assert isinstance(config, dict) and config["generation"] == 1
+    for tid, _ in [(f"t{driver.count - 1:03d}", config), *driver.take(1)]:
+        driver.run(tid, 0.5)
+    t = time.monotonic()
+    config = driver.suggest()  # the second round (0.6 s) is within twice the first's time: one ask
+    assert isinstance(config, dict) and config["generation"] == 2
+    assert 0.5 < time.monotonic() - t < 5.0
+
+
 def test_while_a_trial_runs_suggest_never_waits_for_a_round(tmp_path):
     gate = threading.Event()
     search = make(tmp_path, ScriptedLLM(gate=gate), population=3, elites=1, generations=2)

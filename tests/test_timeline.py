@@ -36,6 +36,12 @@ def test_phases_setup_and_gaps_per_worker_process():
     text = describe(s, 30.0, 2)
     assert "57% of the wall" in text and "wall / ideal 3.00" in text and "2 worker processes for 4 phases" in text
     assert "a warm phase computes after 0.30s (max 0.40s) and takes its first step after 1.20s (max 1.30s" in text
+    assert "lead_in_s" not in s and "from the run's start" not in text
+    # given the run's start: Tune's lead-in before the first phase and the tail after the last one (pid 2 ends at 113)
+    timed = worker_timeline(results, wall_s=30.0, workers=2, started_at=97.5)
+    assert timed["lead_in_s"] == 2.5 and timed["tail_s"] == 97.5 + 30.0 - 126.0
+    assert "from the run's start to the first phase 2.50s, from the last phase's end to the run's end 1.50s" in describe(
+        timed, 30.0, 2)
 
 
 def test_the_phases_own_compute_gives_a_ratio_free_of_the_machines_drift():
