@@ -41,10 +41,13 @@ IDLE_WAIT_S = 5.0
 IDLE_WAIT_MAX_S = 20.0
 
 
-def idle_wait_s(previous_rounds_s: list[float]) -> float:
-    """How long ``suggest`` may block for a round, given how long earlier rounds took (seconds)."""
+def idle_wait_s(previous_rounds_s: list[float | None]) -> float:
+    """How long ``suggest`` may block for a round, given how long earlier rounds took (seconds; ``None`` or NaN
+    for a round that was skipped or never timed)."""
     longest = max((float(s) for s in previous_rounds_s if isinstance(s, (int, float)) and s == s), default=0.0)
     return min(IDLE_WAIT_MAX_S, max(IDLE_WAIT_S, 2.0 * longest))
+
+
 # What generations.jsonl keeps of a round (its "llm" entry).
 RECORD_KEYS = ("status", "error", "seconds", "asks", "meta_prompt", "replies", "candidates", "filled", "screened",
                "screen_filled", "rejected", "faults")

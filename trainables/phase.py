@@ -294,7 +294,7 @@ class Phase:
             self.start_right = start.get("right")
         self.prompt = torch.nn.Parameter(prompt)
         self.optimizer = make_optimizer(self.cfg["optimizer"], [self.prompt, *self.model.extra_parameters()],
-                                         self._base_lr, float(self.cfg["weight_decay"]))
+                                        self._base_lr, float(self.cfg["weight_decay"]))
         if self.restored is not None and self.restored.get("optimizer"):
             self.optimizer.load_state_dict(self.restored["optimizer"])
         return start, screened
