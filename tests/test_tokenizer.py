@@ -83,6 +83,9 @@ def test_single_texts_without_special_tokens_and_untruncated_lists(both, texts):
         assert ours(text, add_special_tokens=False)["input_ids"] == theirs(text, add_special_tokens=False)["input_ids"]
         _same(ours(text), theirs(text))
     _same(ours(singles[:5]), theirs(singles[:5]))  # no padding: lists of their own lengths
+    long = [t for t in singles if len(t) > 4000][:3]
+    assert long and ours.model_max_length == theirs.model_max_length == 512
+    _same(ours(long, truncation=True), theirs(long, truncation=True))  # no max_length: the model's limit
     for text in ODD + singles[:20]:
         tokens = theirs.tokenize(text)
         assert ours.tokenize(text) == tokens
@@ -111,6 +114,15 @@ def test_decoding_special_ids_and_vocabulary_match(both):
             for clean in (True, False):
                 kw = {"skip_special_tokens": skip, "clean_up_tokenization_spaces": clean}
                 assert ours.decode(ids, **kw) == theirs.decode(ids, **kw), (ids, kw)
+
+
+def test_it_pickles_as_transformers_tokenizers_do(both):
+    import pickle
+
+    ours, _ = both
+    again = pickle.loads(pickle.dumps(ours))
+    _same(again(["a pickled tokenizer"], ["still works"], truncation=True, max_length=6, padding=True),
+          ours(["a pickled tokenizer"], ["still works"], truncation=True, max_length=6, padding=True))
 
 
 def test_anything_but_a_bert_tokenizer_json_is_left_to_transformers(tmp_path):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 
 __all__ = ["PlainTokenizer", "load_plain_tokenizer"]
 
@@ -37,8 +38,10 @@ class PlainTokenizer:
     eos_token_id = None
     eos_token = None
 
-    def __init__(self, tokenizer, special: dict[str, str], clean_up_spaces: bool) -> None:
+    def __init__(self, tokenizer, special: dict[str, str], clean_up_spaces: bool, model_max_length: int = 512) -> None:
         self._tk = tokenizer
+        self._lock = threading.Lock()  # a call sets the pipeline's truncation and padding, then encodes
+        self.model_max_length = int(model_max_length)
         self._tk.no_truncation()
         self._tk.no_padding()
         ids = {key: tokenizer.token_to_id(token) for key, token in special.items()}
@@ -49,6 +52,13 @@ class PlainTokenizer:
         self.pad_token = special["pad_token"]
         self.all_special_ids = [ids[k] for k in _SPECIAL_KEYS]
         self.clean_up_tokenization_spaces = clean_up_spaces
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "_lock"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     def __call__(self, text, text_pair=None, *, add_special_tokens: bool = True, truncation: bool = False,
                  max_length: int | None = None, padding: bool = False, return_tensors: str | None = None) -> Encoding:
@@ -62,19 +72,21 @@ class PlainTokenizer:
         else:
             inputs = texts
         tk = self._tk
-        if truncation and max_length is not None:
-            tk.enable_truncation(int(max_length), strategy="longest_first")
-        else:
-            tk.no_truncation()
-        if padding:
-            tk.enable_padding(pad_id=self.pad_token_id, pad_token=self.pad_token)
-        else:
-            tk.no_padding()
-        try:
-            encoded = tk.encode_batch(inputs, add_special_tokens=add_special_tokens)
-        finally:
-            tk.no_truncation()
-            tk.no_padding()
+        with self._lock:
+            if truncation:  # as transformers: to max_length, else to the model's limit
+                tk.enable_truncation(int(max_length if max_length is not None else self.model_max_length),
+                                     strategy="longest_first")
+            else:
+                tk.no_truncation()
+            if padding:
+                tk.enable_padding(pad_id=self.pad_token_id, pad_token=self.pad_token)
+            else:
+                tk.no_padding()
+            try:
+                encoded = tk.encode_batch(inputs, add_special_tokens=add_special_tokens)
+            finally:
+                tk.no_truncation()
+                tk.no_padding()
         out = Encoding(input_ids=[e.ids for e in encoded], token_type_ids=[e.type_ids for e in encoded],
                        attention_mask=[e.attention_mask for e in encoded])
         if return_tensors == "pt":
@@ -140,6 +152,8 @@ def load_plain_tokenizer(folder: str) -> PlainTokenizer | None:
         from tokenizers import Tokenizer
 
         tokenizer = Tokenizer.from_file(path)
-        return PlainTokenizer(tokenizer, special, bool(config.get("clean_up_tokenization_spaces", False)))
+        limit = config.get("model_max_length")
+        limit = limit if isinstance(limit, int) and 0 < limit <= 1_000_000 else 512
+        return PlainTokenizer(tokenizer, special, bool(config.get("clean_up_tokenization_spaces", False)), limit)
     except Exception:  # no tokenizers, or a file it cannot read: the caller falls back to AutoTokenizer
         return None
