@@ -69,10 +69,7 @@ def _phase_worker(conn, go, round_done) -> None:
                 p.evaluate(vectors)
             return began
 
-        torch.set_num_threads(threads if mode == "serial" else max(1, threads // 2))
-        conn.send("armed")
-        go.wait()
-        began = time.time()
+        began = _arm(conn, go, mode, threads)
         if mode == "serial":
             round_done.wait()
             screened_at = screen()
@@ -90,9 +87,17 @@ def _phase_worker(conn, go, round_done) -> None:
         conn.send({"began": began, "ended": time.time(), "screened_at": screened_at, "first_step_at": first_step_at})
 
 
-def _llm_worker(conn, go, round_done, meta_prompt: str, n: int) -> None:
+def _arm(conn, go, mode: str, threads: int) -> float:
+    """Take this mode's threads (all of them serial, half when overlapping), say so, wait for the go; its time."""
     import torch
 
+    torch.set_num_threads(threads if mode == "serial" else max(1, threads // 2))
+    conn.send("armed")
+    go.wait()
+    return time.time()
+
+
+def _llm_worker(conn, go, round_done, meta_prompt: str, n: int) -> None:
     from ray_llm_search.llm.local import LocalLLM
 
     llm = LocalLLM(dtype="float32")
@@ -104,11 +109,8 @@ def _llm_worker(conn, go, round_done, meta_prompt: str, n: int) -> None:
         if command is None:
             return
         mode, threads, _ = command
-        torch.set_num_threads(threads if mode == "serial" else max(1, threads // 2))
         llm._calls = 0  # every round samples with the same seed: the same continuations in both modes
-        conn.send("armed")
-        go.wait()
-        began = time.time()
+        began = _arm(conn, go, mode, threads)
         replies = llm.propose(meta_prompt, n)
         ended = time.time()
         round_done.set()

@@ -75,7 +75,7 @@ def worker_timeline(results: list[dict], wall_s: float, workers: int, phase_comp
         "setup_warm_s": _median(warm),
         "first_step_warm_s": _spread(first_warm),
         "first_compute_warm_s": _spread(compute_warm),
-        "gap_s": {"median": _median(gaps), "max": round(max(gaps), 3) if gaps else None, "total": round(sum(gaps), 2)},
+        "gap_s": {**_spread(gaps), "total": round(sum(gaps), 2)},
     }
     if _number(started_at) and timed:
         out["lead_in_s"] = round(min(r["started_at"] for r in timed) - started_at, 3)

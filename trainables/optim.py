@@ -24,7 +24,6 @@ __all__ = ["AdamW", "SGD", "make_optimizer"]
 class _PromptOptimizer:
     """One parameter group, per-tensor state, ``torch.optim``'s ``state_dict`` layout."""
 
-    kind = ""
     _state_keys: tuple[str, ...] = ()
 
     def __init__(self, params: Iterable[torch.Tensor], **hyper) -> None:
@@ -106,7 +105,6 @@ class _PromptOptimizer:
 class AdamW(_PromptOptimizer):
     """``torch.optim.AdamW(params, lr, betas, eps, weight_decay)``'s update (decoupled weight decay)."""
 
-    kind = "adamw"
     _state_keys = ("step", "exp_avg", "exp_avg_sq")
 
     def __init__(self, params: Iterable[torch.Tensor], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
@@ -143,7 +141,6 @@ class AdamW(_PromptOptimizer):
 class SGD(_PromptOptimizer):
     """``torch.optim.SGD(params, lr, momentum, weight_decay)``'s update (no dampening, no Nesterov)."""
 
-    kind = "sgd"
     _state_keys = ("momentum_buffer",)
 
     def __init__(self, params: Iterable[torch.Tensor], lr: float = 1e-3, momentum: float = 0.0,

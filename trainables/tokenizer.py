@@ -138,7 +138,8 @@ def load_plain_tokenizer(folder: str) -> PlainTokenizer | None:
         with open(config_path, encoding="utf-8") as f:
             config = json.load(f)
         with open(path, encoding="utf-8") as f:
-            pipeline = json.load(f)
+            text = f.read()  # read once: checked here, then built from the same text
+        pipeline = json.loads(text)
     except (OSError, ValueError):
         return None
     if config.get("tokenizer_class") not in ("BertTokenizer", "BertTokenizerFast"):
@@ -151,7 +152,7 @@ def load_plain_tokenizer(folder: str) -> PlainTokenizer | None:
     try:
         from tokenizers import Tokenizer
 
-        tokenizer = Tokenizer.from_file(path)
+        tokenizer = Tokenizer.from_str(text)
         limit = config.get("model_max_length")
         limit = limit if isinstance(limit, int) and 0 < limit <= 1_000_000 else 512
         return PlainTokenizer(tokenizer, special, bool(config.get("clean_up_tokenization_spaces", False)), limit)
