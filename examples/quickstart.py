@@ -59,7 +59,7 @@ def main(argv=None) -> dict:
     import ray
     from ray import tune
 
-    from ray_llm_search import CachedLLM, LLMSearch, presets
+    from ray_llm_search import CachedLLM, LLMSearch, presets, warm
     from ray_llm_search.pool import loss_key
     from ray_llm_search.timeline import describe, worker_timeline
     from trainables.text_prompt import evaluate_prompt, train_text_prompt
@@ -77,10 +77,8 @@ def main(argv=None) -> dict:
         "prompt_length": 8,
         "max_length": args.max_length,
     }
-    t = time.time()
-    llm = llm_from_flags(args, load=not args.dry_run)
-    if args.llm == "local" and not args.dry_run:  # the first run de-quantises the GGUF once (about 40 s)
-        print(f"mentor LLM loaded in {time.time() - t:.1f}s")
+    mentor = llm_from_flags(args, load=False)  # loaded below, while Ray starts the trials' worker process
+    llm = mentor
     if args.answer_cache:
         llm = CachedLLM(llm, args.answer_cache)
     overrides = {} if args.elites is None else {"elites": args.elites}
@@ -100,10 +98,18 @@ def main(argv=None) -> dict:
         return plan
     if os.environ.get("RAY_ADDRESS"):  # submitted as a Ray job, or pointed at a running cluster
         ray.init(log_to_driver=False, ignore_reinit_error=True)
-    else:
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    else:  # a new local Ray whose worker processes import the trainable's module before they take work
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, ignore_reinit_error=True,
+                 **warm.init_options(train_text_prompt))
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
     per_trial = max(1, cpus // search.population)  # a one-chain design gives its trial the whole machine
+    workers = max(1, cpus // per_trial)
+    # The trials' worker processes boot and import torch while the mentor loads, not after tune.run starts.
+    prestarted = warm.prestart_trial_workers(min(workers, search.total_trials))
+    t = time.time()
+    if hasattr(mentor, "load"):  # the local LLM; the first run de-quantises the GGUF once (about 40 s)
+        mentor.load()
+        print(f"mentor LLM loaded in {time.time() - t:.1f}s ({prestarted} trial worker process(es) started meanwhile)")
     tune_started = time.time()
     analysis = tune.run(
         train_text_prompt,
@@ -156,7 +162,6 @@ def main(argv=None) -> dict:
     print(f"final best (gen {best['generation']}, {best['origin']:<5}) {best_test['acc']:.3f}  \"{best_test['prompt_text']}\"")
     print(f"(each chosen by lowest validation {'loss' if search.select == 'loss' else 'val_acc, ties by loss'})")
 
-    workers = max(1, cpus // per_trial)
     last = [t.last_result for t in analysis.trials if t.last_result]
     # The ideal: every trial's steps and forward evaluations (as it reported them) at the cost of one step and
     # one evaluation measured here, in this process, with the trial's threads and no Tune.

@@ -407,6 +407,14 @@ def run_arm(args, dataset: str, seed: int, arm: str, storage: str, llm_factory=N
     name = f"{dataset}_{arm.replace('+', '_')}_seed{seed}"
     log_dir = os.path.join(storage, name, "llm_search")
     config = base_config(args, dataset, seed)
+    if args.backend != "inline":
+        # the arm's trial processes boot while its LLM loads (ray_llm_search.warm); each trial takes one CPU
+        import ray
+
+        from ray_llm_search import warm
+
+        warm.prestart_trial_workers(min(int(ray.cluster_resources().get("CPU", 1)), args.population),
+                                    keep_alive_s=120)
     search, llm = make_search(args, arm, task, seeds, seed, log_dir, config, llm_factory)
     recorder = Recorder()
     started = time.time()
@@ -1007,8 +1015,11 @@ def main(argv=None, llm_factory=None, default_out: str | None = None,
 
         results.setdefault("commands", []).append(f"{prog} " + " ".join(sys.argv[1:] if argv is None else argv))
         if args.backend == "tune":  # the inline backend needs no Ray cluster
+            from ray_llm_search import warm
+
+            # worker processes import the trainable before they take work (ray_llm_search.warm)
             ray.init(num_cpus=args.cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False,
-                     ignore_reinit_error=True)
+                     ignore_reinit_error=True, **warm.init_options("trainables.text_prompt"))
         print(f"budget per arm and seed: {budget(args)}")
         units = _pending_units(args, results, results_path)
         _run_units(args, units, results, results_path, llm_factory)

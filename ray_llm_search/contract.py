@@ -33,7 +33,7 @@ PHASE_KEYS = ("evaluations", "generation", "origin", "screen", "screen_index", "
               "reused", "best_val_acc", "train_loss", "torch_threads", "vectors_path",
               "loss_vectors_path")
 # Wall-clock keys of every result (they differ between two runs of the same phase).
-TIMING_KEYS = ("started_at", "setup_s", "first_step_s", "first_compute_s", "elapsed_s", "compute_s")
+TIMING_KEYS = ("started_at", "setup_s", "first_step_s", "first_compute_s", "elapsed_s", "compute_s", "report_s")
 
 
 class PromptOnly:

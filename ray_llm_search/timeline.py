@@ -43,7 +43,9 @@ def worker_timeline(results: list[dict], wall_s: float, workers: int, phase_comp
     one phase's end and the next phase's start in the same process) and, given ``phase_compute_s``,
     ``ideal_s`` and ``wall_over_ideal``; where every phase reports ``compute_s`` (its steps' and evaluations'
     own seconds, ``trainables.phase``), ``in_phase_compute_s`` (their sum) and ``wall_over_in_phase``
-    (``wall_s`` over that sum per worker).
+    (``wall_s`` over that sum per worker); where every phase reports ``report_s``, their sum as ``report_s``
+    (seconds the phases spent sending results and writing restart checkpoints, each phase's last result
+    excepted).
     """
     timed = [r for r in results if _number(r.get("started_at")) and _number(r.get("elapsed_s"))
              and r.get("pid") is not None]
@@ -80,6 +82,10 @@ def worker_timeline(results: list[dict], wall_s: float, workers: int, phase_comp
     if _number(started_at) and timed:
         out["lead_in_s"] = round(min(r["started_at"] for r in timed) - started_at, 3)
         out["tail_s"] = round(started_at + wall_s - max(r["started_at"] + r["elapsed_s"] for r in timed), 3)
+    sent = [r.get("report_s") for r in timed]
+    if timed and all(_number(v) for v in sent):
+        # reports and restart checkpoints, as each phase's last result has them (that result's own not yet in)
+        out["report_s"] = round(sum(sent), 2)
     inside = [r.get("compute_s") for r in timed]
     if timed and all(_number(v) for v in inside):
         # the phases' own steps and evaluations, timed where they ran: the same run's compute, free of the
@@ -116,6 +122,8 @@ def describe(summary: dict, wall_s: float, workers: int) -> str:
               f"candidates evaluates them first); "
               f"gaps between phases in a process: median {_fmt(gap['median'])}, max {_fmt(gap['max'])}, "
               f"total {_fmt(gap['total'])}")
+    if "report_s" in summary:
+        detail += f"; sending results and checkpoints {_fmt(summary['report_s'])} in all"
     if "lead_in_s" in summary:
         detail += (f"; from the run's start to the first phase {_fmt(summary['lead_in_s'])}, from the last phase's end "
                    f"to the run's end {_fmt(summary['tail_s'])}")

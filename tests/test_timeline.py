@@ -54,6 +54,15 @@ def test_the_phases_own_compute_gives_a_ratio_free_of_the_machines_drift():
     assert "in_phase_compute_s" not in partial and "wall_over_in_phase" not in partial
 
 
+def test_reports_and_checkpoints_add_up_where_every_phase_times_them():
+    results = [{**row(1, 100.0, 10.0, 4.0, 5.0), "report_s": 0.25}, {**row(2, 101.0, 12.0, 5.0, 6.0), "report_s": 0.5}]
+    s = worker_timeline(results, wall_s=30.0, workers=2)
+    assert s["report_s"] == 0.75
+    assert "sending results and checkpoints 0.75s in all" in describe(s, 30.0, 2)
+    partial = worker_timeline(results + [row(3, 100.0, 3.0, 0.1)], wall_s=30.0, workers=2)
+    assert "report_s" not in partial and "sending results" not in describe(partial, 30.0, 2)
+
+
 def test_no_timed_results_is_a_summary_not_an_error():
     s = worker_timeline([{"val_acc": 1.0}, {"pid": 1, "started_at": float("nan"), "elapsed_s": 1.0}], 10.0, 2)
     assert s["trials"] == 0 and s["untimed"] == 2 and s["utilisation"] == 0.0 and "ideal_s" not in s
@@ -93,7 +102,11 @@ def test_real_phases_under_tune_report_their_timing_and_warm_workers_skip_the_se
     assert all(r["elapsed_s"] >= r["first_step_s"] >= r["first_compute_s"] >= r["setup_s"] >= 0 for r in results)
     # the steps' and evaluations' own time: inside the phase, after its setup
     assert all(0 < r["compute_s"] <= r["elapsed_s"] - r["setup_s"] for r in results)
+    # sending its earlier results (step 0's and step 1's at least, with their checkpoints) took time, which is
+    # not counted as compute
+    assert all(0 < r["report_s"] and r["compute_s"] + r["report_s"] <= r["elapsed_s"] - r["setup_s"] for r in results)
     s = worker_timeline(results, wall_s=60.0, workers=2)
+    assert s["report_s"] == round(sum(r["report_s"] for r in results), 2)
     assert s["trials"] == 4 and s["untimed"] == 0
     # 4 phases on at most 2 reused actors: the backbone loaded at most twice, not four times. Tune may run all
     # four on the first actor when they end before the second actor's process has started (CI, 2026-12-02,

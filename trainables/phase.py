@@ -212,7 +212,9 @@ def run_phase(config: dict, model, train: list, val: list,
     has begun, ``first_step_s`` (seconds from ``started_at`` to that step, start evaluations included);
     ``first_compute_s``: seconds from ``started_at`` to the start of its first evaluation or step (what a
     phase waits before it computes anything; a screening phase evaluates its candidates before its first step);
-    ``elapsed_s``: seconds from ``started_at`` to this report.
+    ``elapsed_s``: seconds from ``started_at`` to this report; ``report_s``: seconds the phase has spent sending
+    its earlier results (its restart checkpoints' files and, inside Tune, the report itself, which waits until
+    Tune's driver has taken the result).
     """
     return Phase(config, model, train, val, report, started).run()
 
@@ -353,7 +355,7 @@ class Phase:
         if self.restored is None:
             # Candidates that lost the screening are evaluations too: one result each, before the phase's start.
             for i, (text, (loss, acc)) in enumerate(screened):
-                self.report({**self._metrics(acc, loss, text, 0), "screen": True, "screen_index": i}, None)
+                self._send({**self._metrics(acc, loss, text, 0), "screen": True, "screen_index": i})
             self.evaluate_and_report(0, math.nan, scored=start["scored"], reused=start["reused"],
                                      start=start["label"], start_text=start["text"])
         steps, eval_every = self.cfg["steps"], self.cfg["eval_every"]
@@ -389,17 +391,28 @@ class Phase:
             # trial's last (Tune's view of the phase is its vectors, not this text).
             shown = self.best["prompt_text"]
             p_loss, p_acc = self.evaluate(self.model.init_vectors(shown).detach().float().to(self.model.device))
-            self.report({**self._metrics(p_acc, p_loss, shown, step), "screen": True, "projection": True}, None)
+            self._send({**self._metrics(p_acc, p_loss, shown, step), "screen": True, "projection": True})
             metrics["evaluations"] = self.evaluations
-        with tempfile.TemporaryDirectory() as tmp:
-            ckpt = None
-            if self.in_tune:
-                torch.save({"prompt": self.prompt.detach().cpu(), "extra": self.model.extra_state(), "step": step,
-                            "best": self.best, "rng": self.rng.getstate(), "optimizer": self.optimizer.state_dict(),
-                            "evaluations": self.evaluations, "lowest_loss": self.lowest_loss},
-                           os.path.join(tmp, "phase.pt"))
-                ckpt = tmp
-            self.report(metrics, ckpt)
+        self._send(metrics, checkpoint={"prompt": self.prompt.detach().cpu(), "extra": self.model.extra_state(),
+                                        "step": step, "best": self.best, "rng": self.rng.getstate(),
+                                        "optimizer": self.optimizer.state_dict(), "evaluations": self.evaluations,
+                                        "lowest_loss": self.lowest_loss} if self.in_tune else None)
+
+    def _send(self, metrics: dict, checkpoint: dict | None = None) -> None:
+        """Report ``metrics``, with ``checkpoint`` saved as the trial's restart checkpoint where given; the
+        seconds it takes (the file, and inside Tune the report, which waits for Tune's driver to take it) add up
+        in ``report_s``, which each result carries as it stood before that result was sent."""
+        t = time.perf_counter()
+        metrics = {**metrics, "report_s": round(self.timing.get("report_s", 0.0), 4)}
+        try:
+            if checkpoint is None:
+                self.report(metrics, None)
+                return
+            with tempfile.TemporaryDirectory() as tmp:
+                torch.save(checkpoint, os.path.join(tmp, "phase.pt"))
+                self.report(metrics, tmp)
+        finally:
+            self.timing["report_s"] = self.timing.get("report_s", 0.0) + time.perf_counter() - t
 
     def _keep(self, step: int, text: str, val_acc: float, val_loss: float, flags: list | None) -> dict:
         """Save the vectors where this evaluation is the phase's best (what an elite resumes from), its lowest
