@@ -12,7 +12,9 @@ Two steps, both optional and both safe to skip:
 - ``init_options(trainable)``: keyword arguments for ``ray.init`` where this process starts Ray: every worker
   process imports the trainable's module (and Tune's wrapper) before it accepts work (Ray's
   ``preload_python_modules``), and Ray's own prestart of task workers (never used by Tune's actors, and on a
-  small machine competing for the CPU with the rest of the start) is left out.
+  small machine competing for the CPU with the rest of the start) is left out. The modules must be importable
+  by a new Python process (installed, or on ``PYTHONPATH``): a worker that cannot import one logs why in its
+  ``.err`` file (Ray's session logs) and imports it when its trial arrives, as without preloading.
 - ``prestart_trial_workers(count)``: asks this node's raylet to start ``count`` worker processes with the
   runtime environment Tune gives its trainable actors, now. They boot (and import, given ``init_options``)
   while the driver does something else, e.g. loads the mentor LLM; the first trials' actors then start in

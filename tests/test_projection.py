@@ -6,8 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from trainables import projection
 from trainables.projection import (
+    NearestTokens,
     ids_to_text,
+    nearest_tokens,
     project_to_tokens,
     special_token_ids,
     text_to_ids,
@@ -108,6 +111,34 @@ def test_unknown_metric_raises_value_error_naming_it():
         project_to_tokens(torch.zeros(1, 2), torch.zeros(3, 2), metric="dot")
 
 
+@pytest.mark.parametrize("metric", ["cosine", "l2"])
+def test_a_prepared_vocabulary_gives_the_same_ids_as_each_call(metric, monkeypatch):
+    """NearestTokens prepares the chunks once (what a model keeps between evaluations): the same ids as
+    project_to_tokens, exclusions and chunk borders included, call after call; nearest_tokens falls back to
+    project_to_tokens for a vocabulary too large to copy."""
+    g = torch.Generator().manual_seed(3)
+    embedding = torch.randn(5000, 24, generator=g)
+    excluded = [0, 7, 4095, 4096]
+    prepared = NearestTokens(embedding, metric, excluded, chunk=1000)
+    for scale in (0.5, 1.0, 4.0):
+        vectors = torch.randn(9, 24, generator=g) * scale
+        vectors[0] = embedding[7]  # excluded: its own row must not be chosen
+        vectors[1] = embedding[1234]
+        expected = project_to_tokens(vectors, embedding, metric, excluded, chunk=1000)
+        assert torch.equal(prepared(vectors), expected)
+        assert expected[0] != 7 and expected[1] == 1234
+        assert torch.equal(nearest_tokens(embedding, metric, excluded)(vectors),
+                           project_to_tokens(vectors, embedding, metric, excluded))
+    monkeypatch.setattr(projection, "PREPARED_MAX_ELEMENTS", embedding.numel() - 1)
+    fallback = nearest_tokens(embedding, metric, excluded)
+    assert not isinstance(fallback, NearestTokens)
+    assert torch.equal(fallback(vectors), project_to_tokens(vectors, embedding, metric, excluded))
+    with pytest.raises(ValueError, match="'dot'"):
+        nearest_tokens(embedding, "dot")
+    with pytest.raises(ValueError, match="need vectors"):
+        prepared(torch.zeros(2, 5))
+
+
 # -- the real MiniLM tokenizer and embedding ---------------------------------------------------------------
 
 
@@ -125,6 +156,22 @@ def _round_trip(text: str, length: int, minilm, metric: str = "cosine") -> str:
     assert vectors.shape == (length, embedding.shape[1])
     ids = project_to_tokens(vectors, embedding, metric, special_token_ids(tokenizer))
     return ids_to_text(ids, tokenizer)
+
+
+def test_the_text_model_projects_with_its_prepared_vocabulary_as_each_call_would(minilm):
+    """The real MiniLM classifier keeps one NearestTokens; what it projects is project_to_tokens' answer."""
+    from trainables.benchmarks import BENCHMARKS
+    from trainables.text_prompt import build_classifier, dataset_for
+
+    config = {"data": BENCHMARKS["bbc"].data_spec(shots=2, val_shots=2, test_size=10, seed=0), "prompt_length": 6,
+              "max_length": 32}
+    model = build_classifier(config, dataset_for(config))
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        vectors = model.init_vectors("the topic of this news article is") + 0.02 * torch.randn(6, 384, generator=g)
+        ids = project_to_tokens(vectors, model.embedding, "cosine", model.excluded)
+        assert model.project(vectors) == ids_to_text(ids, model.tokenizer)
+    assert isinstance(model._nearest, NearestTokens)
 
 
 @pytest.mark.parametrize("metric", ["cosine", "l2"])

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 
 from trainables.data import Example, TextDataset
 from trainables.phase import check_config, evaluate_logits, load_vectors, resolve_device, run_phase
-from trainables.projection import ids_to_text, project_to_tokens, special_token_ids, text_to_vectors
+from trainables.projection import ids_to_text, nearest_tokens, special_token_ids, text_to_vectors
 from trainables.text_prompt import dataset_for, resolve_model
 
 PEFT_DEFAULTS = {"model": None, "task_type": "seq_cls", "prompt_length": 8, "max_length": 128, "projection": "cosine",
@@ -117,6 +117,7 @@ class PeftPrompt:
         self.load_extra_state(self._initial_head)  # nothing of an earlier phase in this worker carries over
         self.word_embeddings = self.peft.get_input_embeddings().weight
         self.excluded = special_token_ids(self.tokenizer)
+        self._nearest = None
         self._prompt = self.peft.prompt_encoder["default"].embedding
         self.verbalizer = self._verbalizer() if task_type == "causal_lm" else None
 
@@ -138,8 +139,9 @@ class PeftPrompt:
         return text_to_vectors(text, self.tokenizer, self.word_embeddings, self.prompt_length)
 
     def project(self, vectors: torch.Tensor) -> str:
-        return ids_to_text(project_to_tokens(vectors, self.word_embeddings, self.projection, self.excluded),
-                           self.tokenizer)
+        if self._nearest is None:  # the frozen vocabulary prepared once (trainables.projection.nearest_tokens)
+            self._nearest = nearest_tokens(self.word_embeddings, self.projection, self.excluded, vectors.device)
+        return ids_to_text(self._nearest(vectors), self.tokenizer)
 
     def extra_parameters(self) -> list:
         return [p for n, p in self.peft.named_parameters() if n in self._initial_head]

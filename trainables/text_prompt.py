@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from trainables.bert import load_bert
 from trainables.data import Example, TextDataset, load_dataset
 from trainables.phase import check_config, evaluate_logits, resolve_device, run_phase
-from trainables.projection import ids_to_text, project_to_tokens, special_token_ids, text_to_vectors
+from trainables.projection import ids_to_text, nearest_tokens, special_token_ids, text_to_vectors
 from trainables.tokenizer import load_plain_tokenizer
 
 TEXT_DEFAULTS = {
@@ -156,6 +156,7 @@ class SoftPromptClassifier(torch.nn.Module):
         self.projection = projection
         self.embedding = self.backbone.get_input_embeddings().weight
         self.excluded = special_token_ids(self.tokenizer)
+        self._nearest = None
         dim = self.embedding.shape[1]
         self.label_names = list(label_names)
         if head == "linear":
@@ -181,8 +182,9 @@ class SoftPromptClassifier(torch.nn.Module):
         return text_to_vectors(text, self.tokenizer, self.embedding, self.prompt_length)
 
     def project(self, vectors: torch.Tensor) -> str:
-        ids = project_to_tokens(vectors, self.embedding, self.projection, self.excluded)
-        return ids_to_text(ids, self.tokenizer)
+        if self._nearest is None:  # the frozen vocabulary prepared once (trainables.projection.nearest_tokens)
+            self._nearest = nearest_tokens(self.embedding, self.projection, self.excluded, vectors.device)
+        return ids_to_text(self._nearest(vectors), self.tokenizer)
 
     def extra_parameters(self) -> list:
         return list(self.head.parameters()) if self.head is not None else []

@@ -16,7 +16,7 @@ from ray_llm_search.contract import PromptOnly
 from trainables.clip.backbone import ClipBackbone
 from trainables.clip.features import FeatureSet, _autocast
 from trainables.clip.text_encoder import _is_causal, _sdpa_block, _sdpa_ready, _text_tower
-from trainables.projection import ids_to_text, project_to_tokens, text_to_vectors
+from trainables.projection import ids_to_text, nearest_tokens, text_to_vectors
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +88,7 @@ class ClipPromptModel(PromptOnly, torch.nn.Module):
         self.schedule = schedule
         self.embedding = self.text.token_embedding.weight
         self.excluded = list(self.tokenizer.all_special_ids)
+        self._nearest = None
         self.dim = int(self.embedding.shape[1])
         self.logit_scale = float(logit_scale if logit_scale is not None else backbone.model.logit_scale.exp())
         full = self.text.context_length
@@ -261,7 +262,9 @@ class ClipPromptModel(PromptOnly, torch.nn.Module):
 
     def project(self, vectors: torch.Tensor) -> str:
         v = vectors.mean(0) if self.csc else vectors
-        ids = project_to_tokens(v.to(self.embedding.device), self.embedding, self.projection, self.excluded)
+        if self._nearest is None:  # the frozen vocabulary prepared once (trainables.projection.nearest_tokens)
+            self._nearest = nearest_tokens(self.embedding, self.projection, self.excluded)
+        ids = self._nearest(v.to(self.embedding.device))
         return ids_to_text(ids, self.tokenizer)
 
     def lr_at(self, base_lr: float, step: int) -> float:
