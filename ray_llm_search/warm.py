@@ -25,8 +25,8 @@ Two steps, both optional and both safe to skip:
     llm.load()                                   # the worker processes start meanwhile
     tune.run(train_text_prompt, ..., reuse_actors=True)
 
-``prestart_trial_workers`` uses the raylet's ``PrestartWorkers`` call (Ray's own prestart of task workers goes
-through it), which Ray does not document for users: where it is missing or refused, or where the job has a
+``prestart_trial_workers`` uses the raylet's ``PrestartWorkers`` call (Ray's core worker has a method that makes
+it), which Ray does not document for users: where it is missing or refused, or where the job has a
 runtime environment of its own (which would change the actors' environment), nothing is started, a debug
 line is logged and the function returns 0; Tune then starts its actors' processes as it always does. The
 processes start on the driver's node: on a cluster, trials scheduled elsewhere start as before.
