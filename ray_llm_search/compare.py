@@ -407,7 +407,7 @@ def run_arm(args, dataset: str, seed: int, arm: str, storage: str, llm_factory=N
     name = f"{dataset}_{arm.replace('+', '_')}_seed{seed}"
     log_dir = os.path.join(storage, name, "llm_search")
     config = base_config(args, dataset, seed)
-    if args.backend != "inline":
+    if args.backend == "tune":
         # the arm's trial processes boot while its LLM loads (ray_llm_search.warm); each trial takes one CPU
         import ray
 

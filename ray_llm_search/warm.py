@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 logger = logging.getLogger(__name__)
 
@@ -131,4 +131,4 @@ def _prestart(count: int, keep_alive_s: float, timeout_s: float) -> None:
         channel.close()
 
 
-__all__: Sequence[str] = ("init_options", "prestart_trial_workers", "trainable_modules", "tune_actor_env")
+__all__ = ["init_options", "prestart_trial_workers", "trainable_modules", "tune_actor_env"]

@@ -40,7 +40,10 @@ def project_to_tokens(
     Returns:
         ``[L]`` long tensor of token ids.
     """
-    return NearestTokens(embedding, metric, exclude_ids, chunk, device=vectors.device)(vectors)
+    _check(metric, embedding)
+    _check_vectors(vectors, int(embedding.shape[1]))
+    # one chunk prepared at a time (a generator), so that memory stays bounded by ``chunk``
+    return _nearest(vectors, metric, _chunks(embedding, metric, exclude_ids, chunk, vectors.device))
 
 
 class NearestTokens:
@@ -53,41 +56,57 @@ class NearestTokens:
 
     def __init__(self, embedding: torch.Tensor, metric: str = "cosine", exclude_ids: list[int] | None = None,
                  chunk: int = 8192, device: torch.device | str | None = None) -> None:
-        if metric not in METRICS:
-            raise ValueError(f"projection metric must be one of {METRICS}, got {metric!r}")
-        if embedding.dim() != 2:
-            raise ValueError(f"need vectors [L, D] and embedding [V, D]; got an embedding {tuple(embedding.shape)}")
+        _check(metric, embedding)
         self.metric, self.dim = metric, int(embedding.shape[1])
         device = embedding.device if device is None else torch.device(device)
-        excluded = torch.zeros(embedding.shape[0], dtype=torch.bool, device=device)
-        if exclude_ids:
-            excluded[torch.as_tensor(exclude_ids, device=device)] = True
-        self.chunks = []
-        with torch.no_grad():
-            for start in range(0, embedding.shape[0], chunk):
-                e = embedding[start : start + chunk].detach().to(device, torch.float32)
-                if metric == "cosine":
-                    e = torch.nn.functional.normalize(e, dim=-1)
-                self.chunks.append((start, e, excluded[start : start + chunk]))
+        self.chunks = list(_chunks(embedding, metric, exclude_ids, chunk, device))
 
     def __call__(self, vectors: torch.Tensor) -> torch.Tensor:
-        if vectors.dim() != 2 or vectors.shape[1] != self.dim:
-            raise ValueError(f"need vectors [L, D] and embedding [V, D]; got {tuple(vectors.shape)} and "
-                             f"[V, {self.dim}]")
-        v = vectors.detach().float()
-        best_score = torch.full((v.shape[0],), -float("inf"), device=v.device)
-        best_id = torch.zeros(v.shape[0], dtype=torch.long, device=v.device)
-        if self.metric == "cosine":
-            v = torch.nn.functional.normalize(v, dim=-1)
-        for start, e, excluded in self.chunks:
-            e, excluded = e.to(v.device), excluded.to(v.device)
-            score = v @ e.T if self.metric == "cosine" else -torch.cdist(v, e)
-            score = score.masked_fill(excluded, -float("inf"))
-            value, index = score.max(dim=1)
-            better = value > best_score
-            best_score = torch.where(better, value, best_score)
-            best_id = torch.where(better, index + start, best_id)
-        return best_id
+        _check_vectors(vectors, self.dim)
+        return _nearest(vectors, self.metric, self.chunks)
+
+
+def _check(metric: str, embedding: torch.Tensor) -> None:
+    if metric not in METRICS:
+        raise ValueError(f"projection metric must be one of {METRICS}, got {metric!r}")
+    if embedding.dim() != 2:
+        raise ValueError(f"need vectors [L, D] and embedding [V, D]; got an embedding {tuple(embedding.shape)}")
+
+
+def _check_vectors(vectors: torch.Tensor, dim: int) -> None:
+    if vectors.dim() != 2 or vectors.shape[1] != dim:
+        raise ValueError(f"need vectors [L, D] and embedding [V, D]; got {tuple(vectors.shape)} and [V, {dim}]")
+
+
+def _chunks(embedding: torch.Tensor, metric: str, exclude_ids: list[int] | None, chunk: int, device):
+    """``(first row, rows in float32 on device (normalised for cosine), their exclusion mask)`` per chunk."""
+    excluded = torch.zeros(embedding.shape[0], dtype=torch.bool, device=device)
+    if exclude_ids:
+        excluded[torch.as_tensor(exclude_ids, device=device)] = True
+    for start in range(0, embedding.shape[0], chunk):
+        with torch.no_grad():
+            e = embedding[start : start + chunk].detach().to(device, torch.float32)
+            if metric == "cosine":
+                e = torch.nn.functional.normalize(e, dim=-1)
+        yield start, e, excluded[start : start + chunk]
+
+
+def _nearest(vectors: torch.Tensor, metric: str, chunks) -> torch.Tensor:
+    """The best-scoring row over ``chunks`` (of ``_chunks``) for each vector."""
+    v = vectors.detach().float()
+    best_score = torch.full((v.shape[0],), -float("inf"), device=v.device)
+    best_id = torch.zeros(v.shape[0], dtype=torch.long, device=v.device)
+    if metric == "cosine":
+        v = torch.nn.functional.normalize(v, dim=-1)
+    for start, e, excluded in chunks:
+        e, excluded = e.to(v.device), excluded.to(v.device)
+        score = v @ e.T if metric == "cosine" else -torch.cdist(v, e)
+        score = score.masked_fill(excluded, -float("inf"))
+        value, index = score.max(dim=1)
+        better = value > best_score
+        best_score = torch.where(better, value, best_score)
+        best_id = torch.where(better, index + start, best_id)
+    return best_id
 
 
 # Vocabularies up to this many embedding values (float32: 256 MB) are prepared once per model (``nearest_tokens``);
@@ -101,8 +120,7 @@ def nearest_tokens(embedding: torch.Tensor, metric: str = "cosine", exclude_ids:
     copy is at most ``PREPARED_MAX_ELEMENTS`` values, else ``project_to_tokens`` at each call (same ids)."""
     if embedding.numel() <= PREPARED_MAX_ELEMENTS:
         return NearestTokens(embedding, metric, exclude_ids, device=device)
-    if metric not in METRICS:
-        raise ValueError(f"projection metric must be one of {METRICS}, got {metric!r}")
+    _check(metric, embedding)
     return lambda vectors: project_to_tokens(vectors, embedding, metric, exclude_ids)
 
 

@@ -6,8 +6,9 @@ pipeline saved in ``tokenizer.json``. ``PlainTokenizer`` runs that pipeline itse
 transformers tokenizer that ``trainables.text_prompt`` and ``trainables.projection`` use: calling it on a text,
 a batch, or a batch of pairs (``add_special_tokens``, ``truncation`` (longest first), ``max_length``,
 ``padding`` (to the longest), ``return_tensors="pt"``), ``decode``, ``tokenize``, ``convert_tokens_to_ids``,
-``convert_ids_to_tokens``, ``get_vocab``, ``all_special_ids`` and the special tokens' ids. ``tests/test_bert.py`` checks it against ``transformers.AutoTokenizer`` on real datasets,
-pairs included, id for id.
+``convert_ids_to_tokens``, ``get_vocab``, ``all_special_ids`` and the special tokens' ids.
+``tests/test_tokenizer.py`` checks it against ``transformers.AutoTokenizer`` on real datasets, pairs included, id
+for id.
 
 ``load_plain_tokenizer(folder)`` returns ``None`` for anything but a BERT tokenizer saved with its
 ``tokenizer.json`` (the caller then uses ``AutoTokenizer``).
