@@ -67,6 +67,7 @@ from ray.tune.search import Searcher  # noqa: E402
 
 from ray_llm_search import presets  # noqa: E402
 from ray_llm_search.flags import add_llm_flags, add_search_flags, llm_from_flags  # noqa: E402
+from ray_llm_search.stats import mean_ci  # noqa: E402
 from trainables.benchmarks import BENCHMARKS  # noqa: E402
 
 ARMS = ("gradient", "llm", "llm+gradient", "perturb+gradient", "screened", "screened-perturb", "screened-paired",
@@ -793,18 +794,9 @@ def write_results_md(path: str, table: str, results: dict, command: str) -> None
     os.replace(path + ".tmp", path)
 
 
-# two-sided 95% quantiles of Student's t by degrees of freedom (n seeds - 1)
-_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
-
-
 def paired(values: list[float]) -> str:
-    """``mean ± half-width`` of a 95% t-interval over seeds (a single seed: the value alone)."""
-    if not values:
-        return "-"
-    if len(values) == 1:
-        return f"{values[0]:+.3f}"
-    half = _T95.get(len(values) - 1, 1.96) * statistics.stdev(values) / math.sqrt(len(values))
-    return f"{statistics.mean(values):+.3f} ± {half:.3f}"
+    """``mean ± half-width`` of a 95% t-interval over seeds (a single seed: the value alone; ``stats.mean_ci``)."""
+    return mean_ci(values)
 
 
 def paired_table(runs: list[dict]) -> list[str]:

@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
+
+from ray_llm_search.stats import mean_ci
 
 
 def choose(evaluations: list[dict], rule: str) -> dict:
@@ -35,14 +36,6 @@ def choose(evaluations: list[dict], rule: str) -> dict:
         trial = [e for e in usable if e["trial_id"] == best["trial_id"]]
         return max(trial, key=lambda e: e["step"])
     raise ValueError(f"unknown rule {rule!r}")
-
-
-def mean_ci(values: list[float]) -> str:
-    if len(values) < 2:
-        return f"{values[0]:+.3f}" if values else "-"
-    m, s = statistics.mean(values), statistics.stdev(values)
-    half = 2.776 if len(values) == 5 else 1.96  # t(0.975, 4) for 5 seeds
-    return f"{m:+.3f} ± {half * s / math.sqrt(len(values)):.3f}"
 
 
 def main(argv=None) -> dict:

@@ -1,0 +1,55 @@
+"""ray_llm_search.stats: the one t-interval of every table (scipy.stats' quantiles, not a hand-written table)."""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+import pytest
+
+from ray_llm_search import stats
+
+
+@pytest.mark.parametrize("n,quantile", [(2, 12.706), (3, 4.303), (5, 2.776), (6, 2.571), (10, 2.262), (11, 2.228),
+                                        (21, 2.086), (31, 2.042)])
+def test_the_quantiles_are_students_t_at_n_minus_one_degrees_of_freedom(n, quantile):
+    assert stats.t_quantile(n) == pytest.approx(quantile, abs=5e-4)
+
+
+def test_other_confidences_and_the_normal_limit():
+    assert stats.t_quantile(5, 0.90) == pytest.approx(2.132, abs=5e-4)
+    assert stats.t_quantile(10, 0.99) == pytest.approx(3.250, abs=5e-4)
+    assert stats.t_quantile(100_000) == pytest.approx(1.960, abs=5e-4)  # only in the limit is it 1.96
+
+
+def test_the_interval_of_ten_seeds_uses_2_262_not_1_96():
+    values = [0.01, 0.03, -0.02, 0.04, 0.00, 0.02, 0.05, -0.01, 0.03, 0.01]
+    mean, half = stats.t_interval(values)
+    assert mean == pytest.approx(statistics.mean(values))
+    assert half == pytest.approx(2.262 * statistics.stdev(values) / math.sqrt(10), rel=2e-4)
+    assert stats.mean_ci(values) == f"{statistics.mean(values):+.3f} ± {half:.3f}"
+    assert stats.mean_ci(values) != f"{statistics.mean(values):+.3f} ± {1.96 * statistics.stdev(values) / math.sqrt(10):.3f}"
+
+
+def test_cells_for_no_value_one_value_and_identical_values():
+    assert stats.mean_ci([]) == "-"
+    assert stats.mean_ci([0.0126]) == "+0.013"
+    assert stats.mean_ci([-0.5, -0.5, -0.5]) == "-0.500 ± 0.000"
+
+
+def test_bad_input_is_refused():
+    with pytest.raises(ValueError, match="n >= 2"):
+        stats.t_quantile(1)
+    with pytest.raises(ValueError, match="confidence"):
+        stats.t_quantile(5, 1.0)
+    with pytest.raises(ValueError, match="finite"):
+        stats.t_interval([0.1, math.nan])
+
+
+def test_the_comparison_and_the_selection_study_print_the_same_cells():
+    """One helper for both: the comparison's paired cell and the selection study's are stats.mean_ci's."""
+    from ray_llm_search import compare, selection
+
+    values = [0.02, -0.01, 0.04, 0.00, 0.03, 0.01, 0.05]
+    assert compare.paired(values) == stats.mean_ci(values) == selection.mean_ci(values)
+    assert not hasattr(compare, "_T95")
