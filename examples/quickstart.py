@@ -29,6 +29,9 @@ from ray_llm_search.flags import add_llm_flags, add_search_flags, llm_from_flags
 from trainables.benchmarks import BENCHMARKS  # noqa: E402
 
 BBC = BENCHMARKS["bbc"]  # its task description, seed prompts and data spec
+# What a prestarted worker imports besides the trainable (unless --no-warm): torch.optim's first optimizer imports
+# torch._dynamo, and the default MiniLM loads through transformers' BERT modelling (seconds of a fresh process).
+WORKER_IMPORTS = ("torch._dynamo", "transformers.models.bert.modeling_bert")
 TASK, SEEDS = BBC.task, list(BBC.seed_prompts)
 
 
@@ -50,6 +53,9 @@ def parse_args(argv=None):
     p.add_argument("--max-llm-calls", type=int, default=None, help="LLM budget: rounds past it fill from the pool")
     p.add_argument("--answer-cache", default=None,
                    help="file of cached LLM answers: a rerun of the same search replays them at no cost")
+    p.add_argument("--no-warm", dest="warm", action="store_false",
+                   help="let Tune start the trials' worker process itself (the quickstart otherwise prestarts it "
+                        "while the mentor loads: ray_llm_search.warm, experimental)")
     return p.parse_args(argv)
 
 
@@ -98,14 +104,16 @@ def main(argv=None) -> dict:
         return plan
     if os.environ.get("RAY_ADDRESS"):  # submitted as a Ray job, or pointed at a running cluster
         ray.init(log_to_driver=False, ignore_reinit_error=True)
-    else:  # a new local Ray whose worker processes import the trainable's module before they take work
+    else:  # a new local Ray; unless --no-warm its worker processes import the trainable's module, torch.optim's
+        # torch._dynamo and transformers' BERT modelling before they take work (ray_llm_search.warm, experimental)
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, ignore_reinit_error=True,
-                 **warm.init_options(train_text_prompt))
+                 **(warm.init_options(train_text_prompt, *WORKER_IMPORTS) if args.warm else {}))
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
     per_trial = max(1, cpus // search.population)  # a one-chain design gives its trial the whole machine
     workers = max(1, cpus // per_trial)
     # The trials' worker processes boot and import torch while the mentor loads, not after tune.run starts.
-    prestarted = warm.prestart_trial_workers(min(workers, search.total_trials))
+    prestarted = warm.prestart_trial_workers(min(workers, search.total_trials)) if args.warm else 0
+    check = warm.PrestartCheck(prestarted)  # logs whether the prestarted process took the trial
     t = time.time()
     if hasattr(mentor, "load"):  # the local LLM; the first run de-quantises the GGUF once (about 40 s)
         mentor.load()
@@ -123,6 +131,7 @@ def main(argv=None) -> dict:
         mode="max",
         verbose=1,
         reuse_actors=True,  # the backbone and data load once per worker
+        callbacks=[check] if prestarted else None,
     )
     tune_wall = time.time() - tune_started
 
@@ -203,6 +212,11 @@ def main(argv=None) -> dict:
           f"{100 * summary['llm_share']:.0f}% of wall), {n_trials} trials, searcher CPU "
           f"{summary['searcher_cpu_ms_per_event']} ms/event")
     print(describe(timeline, tune_wall, workers))
+    if prestarted:
+        took = check.summary()
+        print(f"prestarted worker processes (ray_llm_search.warm, experimental): {took['asked']} asked, "
+              f"{took['prestarted']} took trials; {took['tune']} process(es) started by Tune")
+        summary["warm"] = took
     print(f"results: {experiment}")
     print(f"watch it: tensorboard --logdir {experiment}")
     return summary

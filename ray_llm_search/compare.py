@@ -408,8 +408,8 @@ def run_arm(args, dataset: str, seed: int, arm: str, storage: str, llm_factory=N
     name = f"{dataset}_{arm.replace('+', '_')}_seed{seed}"
     log_dir = os.path.join(storage, name, "llm_search")
     config = base_config(args, dataset, seed)
-    if args.backend == "tune":
-        # the arm's trial processes boot while its LLM loads (ray_llm_search.warm); each trial takes one CPU
+    if args.backend == "tune" and getattr(args, "warm", False):
+        # the arm's trial processes boot while its LLM loads (ray_llm_search.warm, opt-in); each trial takes one CPU
         import ray
 
         from ray_llm_search import warm
@@ -972,8 +972,11 @@ def parse_args(argv=None, default_out: str | None = None, prog: str | None = Non
     p.add_argument("--prompt-length", type=int, default=8)
     p.add_argument("--max-length", type=int, default=None, help="tokens per input (default: 128 for rte, else 64)")
     p.add_argument("--max-prompt-words", type=int, default=12)
-    add_llm_flags(p, dtype="float32", decode="generate")  # the precision and sampler every recorded run's mentor had
+    add_llm_flags(p, dtype="float32")  # the precision every recorded run's mentor had
     p.add_argument("--cpus", type=int, default=None, help="Ray CPUs (default: all); one per trial")
+    p.add_argument("--warm", action="store_true",
+                   help="tune backend: start each arm's trial processes while its LLM loads (ray_llm_search.warm, "
+                        "experimental; off by default)")
     p.add_argument("--cpu", action="store_true", help="force CPU even with a GPU")
     p.add_argument("--out", default=default_out or "compare_results", help="results.json, the table, the plots")
     p.add_argument("--storage", default=os.path.expanduser("~/ray_results/compare"),
@@ -993,6 +996,16 @@ def parse_args(argv=None, default_out: str | None = None, prog: str | None = Non
     return args
 
 
+def ray_init_options(args) -> dict:
+    """Extra ``ray.init`` arguments of the tune backend: none, unless ``--warm`` asks that worker processes
+    import the trainable before they take work (``ray_llm_search.warm``, experimental)."""
+    if not getattr(args, "warm", False):
+        return {}
+    from ray_llm_search import warm
+
+    return warm.init_options("trainables.text_prompt")
+
+
 def main(argv=None, llm_factory=None, default_out: str | None = None,
          prog: str = "python -m ray_llm_search.compare") -> dict:
     """Run what the arguments ask (see the module docstring); ``llm_factory(args, seed)`` replaces the LLM
@@ -1007,11 +1020,8 @@ def main(argv=None, llm_factory=None, default_out: str | None = None,
 
         results.setdefault("commands", []).append(f"{prog} " + " ".join(sys.argv[1:] if argv is None else argv))
         if args.backend == "tune":  # the inline backend needs no Ray cluster
-            from ray_llm_search import warm
-
-            # worker processes import the trainable before they take work (ray_llm_search.warm)
             ray.init(num_cpus=args.cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False,
-                     ignore_reinit_error=True, **warm.init_options("trainables.text_prompt"))
+                     ignore_reinit_error=True, **ray_init_options(args))
         print(f"budget per arm and seed: {budget(args)}")
         units = _pending_units(args, results, results_path)
         _run_units(args, units, results, results_path, llm_factory)

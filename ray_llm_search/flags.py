@@ -3,8 +3,7 @@
 - LLM flags (``add_llm_flags``, read by ``llm_from_flags``): ``--llm`` (``local``: SmolLM2-135M offline, or
   ``openai``: any OpenAI-compatible endpoint), ``--llm-model`` (the API model, or a local GGUF file),
   ``--base-url``, ``--api-key-env`` (the *name* of the variable holding the key; the key is never a flag) and
-  ``--llm-dtype`` (the local model's precision, ``LocalLLM(dtype=...)``), ``--llm-decode`` (its sampler,
-  ``LocalLLM(decode=...)``).
+  ``--llm-dtype`` (the local model's precision, ``LocalLLM(dtype=...)``).
 - Search flags (``add_search_flags``): ``--population``, ``--generations``, ``--elites``, ``--steps``,
   ``--eval-every`` and ``--seed``, with each script's own defaults.
 
@@ -24,9 +23,9 @@ import argparse
 
 
 def add_llm_flags(parser, choices: tuple[str, ...] = ("local", "openai"), default: str = "local",
-                  dtype: str = "auto", decode: str = "loop") -> None:
-    """``--llm``, ``--llm-model``, ``--base-url``, ``--api-key-env``, ``--llm-dtype`` (default ``dtype``),
-    ``--llm-decode`` (default ``decode``) (``parser`` may be an argument group)."""
+                  dtype: str = "auto") -> None:
+    """``--llm``, ``--llm-model``, ``--base-url``, ``--api-key-env``, ``--llm-dtype`` (default ``dtype``)
+    (``parser`` may be an argument group)."""
     parser.add_argument("--llm", choices=list(choices), default=default,
                         help="the mentor: local (SmolLM2-135M, offline) or openai (any OpenAI-compatible endpoint)")
     parser.add_argument("--llm-model", default=None,
@@ -37,9 +36,6 @@ def add_llm_flags(parser, choices: tuple[str, ...] = ("local", "openai"), defaul
     parser.add_argument("--llm-dtype", choices=["auto", "float32", "bfloat16"], default=dtype,
                         help="local LLM precision: auto is bfloat16 where the CPU/GPU computes it natively, else "
                              f"float32 (default {dtype})")
-    parser.add_argument("--llm-decode", choices=["loop", "generate"], default=decode,
-                        help="local LLM sampling: loop (its own decoding loop, faster) or generate (transformers' "
-                             f"generate) (default {decode})")
 
 
 def refuse_model_flag(parser) -> None:
@@ -73,7 +69,5 @@ def llm_from_flags(args, seed: int | None = None, **kwargs):
 
     if args.llm == "local" and getattr(args, "llm_dtype", None):
         kwargs = {"dtype": args.llm_dtype, **kwargs}
-    if args.llm == "local" and getattr(args, "llm_decode", None):
-        kwargs = {"decode": args.llm_decode, **kwargs}
     return make_llm(args.llm, args.llm_model, base_url=args.base_url, api_key_env=args.api_key_env,
                     seed=getattr(args, "seed", 0) if seed is None else seed, **kwargs)

@@ -1,4 +1,12 @@
-"""Worker processes for Tune's trials, started (and their imports done) before ``tune.run`` needs them.
+"""EXPERIMENTAL, opt-in: worker processes for Tune's trials, started (and their imports done) before ``tune.run``
+needs them.
+
+Nothing in the library calls this module unless asked: the comparison uses it only with ``--warm``; the
+quickstart turns it on (``--no-warm`` turns it off). It relies on parts of Ray that Ray does not document for
+users (``ray._private``, the raylet's ``PrestartWorkers`` call, ``_system_config``) and was tested on the Ray
+versions in ``TESTED_RAY`` only: on any other both steps do nothing and log a WARNING, as they do whenever they
+fall back. Ray has no documented way to start a worker process for an actor before the actor exists (a
+``runtime_env``'s ``worker_process_setup_hook`` runs in the process Ray starts for the actor: it moves nothing).
 
 A Tune trial runs in an actor, and an actor gets a worker process that Ray starts when the actor is created:
 Python, Ray's worker boot, Tune's wrapper and the trainable's imports (torch alone is about 2 s) come before
@@ -19,16 +27,19 @@ Two steps, both optional and both safe to skip:
   runtime environment Tune gives its trainable actors, now. They boot (and import, given ``init_options``)
   while the driver does something else, e.g. loads the mentor LLM; the first trials' actors then start in
   them. Ray kills a prestarted process that no actor took after ``keep_alive_s``.
+- ``PrestartCheck(asked)``: a Tune callback that checks, at each worker process's first result, whether the
+  process started before ``tune.run`` (prestarted) or after (Tune started it), and logs it either way (INFO when a
+  prestarted process took the trial, WARNING when none did); ``summary()`` counts both.
 
     ray.init(num_cpus=2, **warm.init_options(train_text_prompt))
-    warm.prestart_trial_workers(workers)
+    asked = warm.prestart_trial_workers(workers)
     llm.load()                                   # the worker processes start meanwhile
-    tune.run(train_text_prompt, ..., reuse_actors=True)
+    tune.run(train_text_prompt, ..., reuse_actors=True, callbacks=[warm.PrestartCheck(asked)])
 
 ``prestart_trial_workers`` uses the raylet's ``PrestartWorkers`` call (Ray's core worker has a method that makes
 it), which Ray does not document for users: where it is missing or refused, or where the job has a
-runtime environment of its own (which would change the actors' environment), nothing is started, a debug
-line is logged and the function returns 0; Tune then starts its actors' processes as it always does. The
+runtime environment of its own (which would change the actors' environment), nothing is started, a WARNING
+is logged and the function returns 0; Tune then starts its actors' processes as it always does. The
 processes start on the driver's node: on a cluster, trials scheduled elsewhere start as before.
 """
 
@@ -36,6 +47,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable
 
 logger = logging.getLogger(__name__)
@@ -43,6 +55,25 @@ logger = logging.getLogger(__name__)
 # What a worker imports for Tune's function trainables before the trainable's own module.
 TUNE_MODULES = ("ray.tune.trainable.function_trainable",)
 DEFAULT_KEEP_ALIVE_S = 600.0
+# The Ray versions (major.minor) this module was tested on (tests/test_warm.py, the quickstart); on any other it
+# does nothing.
+TESTED_RAY = ("2.60",)
+
+
+def ray_version_tested(version: str | None = None) -> bool:
+    """Whether ``version`` (default: the installed Ray's) is one of ``TESTED_RAY``; a WARNING where it is not."""
+    if version is None:
+        try:
+            import ray
+
+            version = ray.__version__
+        except ImportError:
+            version = "none"
+    if ".".join(str(version).split(".")[:2]) in TESTED_RAY:
+        return True
+    logger.warning("ray_llm_search.warm is experimental and was tested on Ray %s only, not %s: not prestarting "
+                   "(Tune starts its worker processes as usual)", ", ".join(TESTED_RAY), version)
+    return False
 
 
 def trainable_modules(*trainables: Callable | type | str) -> list[str]:
@@ -64,7 +95,10 @@ def init_options(*trainables: Callable | type | str, prestart_task_workers: bool
 
     ``prestart_task_workers=False`` (default) also leaves out Ray's start of one idle task worker per CPU at
     ``ray.init``: Tune's trial actors never run in them (their runtime environment differs), and with the modules
-    preloaded each would import torch too. Pass ``True`` for a driver that also runs many Ray tasks."""
+    preloaded each would import torch too. Pass ``True`` for a driver that also runs many Ray tasks. ``{}``
+    (nothing changes) on a Ray outside ``TESTED_RAY``."""
+    if not ray_version_tested():
+        return {}
     config: dict = {"preload_python_modules": trainable_modules(*trainables)}
     if not prestart_task_workers:
         config["prestart_worker_first_driver"] = False
@@ -89,23 +123,26 @@ def prestart_trial_workers(count: int, keep_alive_s: float = DEFAULT_KEEP_ALIVE_
     count = int(count)
     if count < 1:
         return 0
+    if not ray_version_tested():
+        return 0
     try:
         import ray
 
         if not ray.is_initialized():
-            logger.debug("prestart_trial_workers: no Ray session (call ray.init first)")
+            logger.warning("prestart_trial_workers: no Ray session (call ray.init first); not prestarting")
             return 0
         job_env = ray.get_runtime_context().runtime_env
         if job_env and any(v for k, v in dict(job_env).items() if k != "config"):
             # Ray merges the job's runtime environment into the actors'; the merged one would have to be rebuilt
             # here exactly as Ray's core worker does, or the raylet would keep the processes for nobody.
-            logger.debug("prestart_trial_workers: the job has a runtime environment (%s); not prestarting",
-                         sorted(dict(job_env)))
+            logger.warning("prestart_trial_workers: the job has a runtime environment (%s); not prestarting",
+                           sorted(dict(job_env)))
             return 0
         _prestart(count, keep_alive_s, timeout_s)
         return count
     except Exception as e:  # an older or newer Ray without the call, a refused request: Tune starts them itself
-        logger.debug("prestart_trial_workers: not available (%s: %s)", type(e).__name__, e)
+        logger.warning("prestart_trial_workers: not available (%s: %s); Tune starts its worker processes as usual",
+                       type(e).__name__, e)
         return 0
 
 
@@ -131,4 +168,87 @@ def _prestart(count: int, keep_alive_s: float, timeout_s: float) -> None:
         channel.close()
 
 
-__all__ = ["init_options", "prestart_trial_workers", "trainable_modules", "tune_actor_env"]
+def process_started_at(pid: int) -> float | None:
+    """When process ``pid`` of this machine started (seconds since the epoch), or ``None`` where that cannot be
+    read (no such process, or neither psutil nor ``/proc``)."""
+    try:
+        import psutil
+
+        return float(psutil.Process(int(pid)).create_time())
+    except ImportError:
+        pass
+    except Exception:  # no such process, or no access
+        return None
+    try:
+        with open(f"/proc/{int(pid)}/stat") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22, starttime, in clock ticks since boot
+        with open("/proc/stat") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith("btime "))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+def _callback_base() -> type:
+    try:
+        from ray.tune import Callback
+
+        return Callback
+    except ImportError:  # no Tune: PrestartCheck is still a plain object
+        return object
+
+
+class PrestartCheck(_callback_base()):
+    """A Tune callback: did the prestarted worker processes take the trials? At the first result from each worker
+    process (Tune reports its ``pid`` and ``node_ip``), the process counts as prestarted when it started before
+    ``tune.run`` did (``setup``), else as started by Tune; logged either way (INFO / WARNING) and counted in
+    ``summary()``. ``asked``: what ``prestart_trial_workers`` returned (0: nothing to check, nothing logged)."""
+
+    def __init__(self, asked: int) -> None:
+        self.asked = int(asked)
+        self.since: float | None = None
+        self.processes: dict[int, str] = {}  # pid: "prestarted", "tune" or "unknown"
+
+    def setup(self, **info) -> None:
+        self.since = time.time()
+
+    def on_trial_result(self, iteration=None, trials=None, trial=None, result=None, **info) -> None:
+        result = result or {}
+        pid = result.get("pid")
+        if self.asked < 1 or pid is None or int(pid) in self.processes:
+            return
+        pid = int(pid)
+        since = self.since if self.since is not None else time.time()
+        started = process_started_at(pid) if _this_node(result.get("node_ip")) else None
+        name = getattr(trial, "trial_id", "?")
+        if started is None:
+            self.processes[pid] = "unknown"
+            logger.info("warm: trial %s runs in process %d, which cannot be checked here (another node?)", name, pid)
+        elif started < since:
+            self.processes[pid] = "prestarted"
+            logger.info("warm: trial %s runs in a prestarted worker process (pid %d, started %.1f s before tune.run)",
+                        name, pid, since - started)
+        else:
+            self.processes[pid] = "tune"
+            logger.warning("warm: trial %s runs in a worker process Tune started (pid %d, %.1f s after tune.run): no "
+                           "prestarted process took it", name, pid, started - since)
+
+    def summary(self) -> dict:
+        """``{"asked", "prestarted", "tune", "unknown"}``: the worker processes that took trials, by who started them."""
+        kinds = list(self.processes.values())
+        return {"asked": self.asked, **{k: kinds.count(k) for k in ("prestarted", "tune", "unknown")}}
+
+
+def _this_node(ip: str | None) -> bool:
+    if not ip:
+        return True
+    try:
+        import ray
+
+        return not ray.is_initialized() or ip == ray.util.get_node_ip_address()
+    except Exception:
+        return True
+
+
+__all__ = ["PrestartCheck", "TESTED_RAY", "init_options", "prestart_trial_workers", "process_started_at",
+           "ray_version_tested", "trainable_modules", "tune_actor_env"]

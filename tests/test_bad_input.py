@@ -92,8 +92,6 @@ LLM_ROWS = [
     ("LocalLLM: temperature 0", lambda: LocalLLM("x.gguf", temperature=0.0), "temperature must be in (0, 2], got 0.0"),
     ("LocalLLM: unknown dtype", lambda: LocalLLM("x.gguf", dtype="float16"),
      "dtype must be one of auto, float32, bfloat16, got 'float16'"),
-    ("LocalLLM: unknown decode", lambda: LocalLLM("x.gguf", decode="beam"),
-     "decode must be one of loop, generate, got 'beam'"),
 ]
 
 

@@ -156,24 +156,24 @@ def test_a_bfloat16_local_model_gets_its_own_answers_and_float32_keeps_the_old_k
     from ray_llm_search import LocalLLM
     from ray_llm_search.llm import local
 
-    assert LocalLLM("local-model", dtype="bfloat16", decode="generate").numerics() == {
-        "dtype": "bfloat16", "attention": "eager"}
-    assert LocalLLM("local-model", dtype="bfloat16").numerics() == {"dtype": "bfloat16", "decode": "loop"}
+    assert LocalLLM("local-model", dtype="bfloat16").numerics() == {"dtype": "bfloat16", "attention": "eager"}
+    assert LocalLLM("local-model", dtype="float32").numerics() == {}
 
     def key(llm):
         return CachedLLM(llm, str(tmp_path / "c.jsonl")).key("prompt:", 4)
 
     old = LocalLLM("local-model")
-    del old.dtype, old.decode  # as pickled before the options: float32 in transformers' generate
-    assert old.resolved_dtype() == "float32" and old.resolved_decode() == "generate"
-    f32 = LocalLLM("local-model", dtype="float32", decode="generate")
-    bf16 = LocalLLM("local-model", dtype="bfloat16", decode="generate")
+    del old.dtype  # as pickled before the option: float32
+    assert old.resolved_dtype() == "float32"
+    f32 = LocalLLM("local-model", dtype="float32")
+    bf16 = LocalLLM("local-model", dtype="bfloat16")
     assert key(f32) == key(old) != key(bf16)
-    # the own decoding loop samples other draws: its answers are its own, in either precision
-    loop32, loop16 = LocalLLM("local-model", dtype="float32"), LocalLLM("local-model", dtype="bfloat16")
-    assert len({key(f32), key(bf16), key(loop32), key(loop16)}) == 4
+    # an LLM pickled while the class had its own decoding loop (a ``decode`` attribute) samples with generate
+    # now: its keys are generate's, in either precision
+    pickled = LocalLLM("local-model", dtype="bfloat16")
+    pickled.decode = "loop"
+    assert key(pickled) == key(bf16)
     monkeypatch.setattr(local, "_native_dtype", lambda device: "bfloat16")
-    assert key(LocalLLM("local-model", dtype="auto", decode="generate")) == key(bf16)
-    assert key(LocalLLM("local-model")) == key(loop16)
+    assert key(LocalLLM("local-model", dtype="auto")) == key(bf16)
     monkeypatch.setattr(local, "_native_dtype", lambda device: "float32")
-    assert key(LocalLLM("local-model", dtype="auto", decode="generate")) == key(f32)
+    assert key(LocalLLM("local-model", dtype="auto")) == key(f32)

@@ -146,15 +146,14 @@ def test_the_local_llm_runs_in_the_precision_it_is_given(llm):
     assert llm.resolved_dtype() == _native_dtype("cpu")
     assert {p.dtype for p in llm._model.parameters()} == {getattr(torch, llm.resolved_dtype())}
     for name in ("bfloat16", "float32"):
-        for decode in ("generate", "loop"):
-            one = LocalLLM(seed=1, max_new_tokens=8, dtype=name, decode=decode)
-            one.load()
-            assert {p.dtype for p in one._model.parameters()} == {getattr(torch, name)}
-            # bfloat16 in generate on a CPU: eager; otherwise transformers' own
-            attention = one._model.config._attn_implementation
-            assert (attention == "eager") == (name == "bfloat16" and decode == "generate"), attention
-            replies = one.propose(meta, 4)
-            assert len(replies) == 4 and any(r.strip() for r in replies), replies
+        one = LocalLLM(seed=1, max_new_tokens=8, dtype=name)
+        one.load()
+        assert {p.dtype for p in one._model.parameters()} == {getattr(torch, name)}
+        # bfloat16 on a CPU: eager attention; otherwise transformers' own
+        attention = one._model.config._attn_implementation
+        assert (attention == "eager") == (name == "bfloat16"), attention
+        replies = one.propose(meta, 4)
+        assert len(replies) == 4 and any(r.strip() for r in replies), replies
 
 
 def test_the_local_llm_stops_at_the_newline_with_the_same_candidates(llm):
@@ -165,9 +164,9 @@ def test_the_local_llm_stops_at_the_newline_with_the_same_candidates(llm):
 
     meta = Mentor(TASK, "val_acc").build_scored([Evaluation(0, s, 0.5, 0.4 + 0.1 * i) for i, s in enumerate(SEEDS)],
                                                  8, style="completion")
-    plain = LocalLLM(seed=3, max_new_tokens=24, stop_at_newline=False, decode="generate")
+    plain = LocalLLM(seed=3, max_new_tokens=24, stop_at_newline=False)
     plain._model, plain._tokenizer = llm._model, llm._tokenizer  # the same weights, loaded once
-    stopping = LocalLLM(seed=3, max_new_tokens=24, decode="generate")
+    stopping = LocalLLM(seed=3, max_new_tokens=24)
     stopping._model, stopping._tokenizer = llm._model, llm._tokenizer
     assert stopping.propose(meta, 8) == plain.propose(meta, 8)
     assert stopping.stop_at_newline  # this transformers has stop_strings
@@ -189,7 +188,7 @@ def test_the_local_llm_runs_the_meta_prompt_once_for_every_continuation(llm):
     try:
         answers, counts = {}, {}
         for share in (False, True):
-            one = LocalLLM(seed=5, max_new_tokens=24, share_prefix=share, decode="generate")
+            one = LocalLLM(seed=5, max_new_tokens=24, share_prefix=share)
             one._model, one._tokenizer = llm._model, llm._tokenizer
             embedded.clear()
             answers[share] = one.propose(meta, 12)
@@ -200,55 +199,3 @@ def test_the_local_llm_runs_the_meta_prompt_once_for_every_continuation(llm):
     assert len(answers[True]) == 12
     assert counts[False] >= 12 * prompt_tokens  # each row embeds the whole prompt
     assert counts[True] < 2 * prompt_tokens + 12 * 24  # the prompt once, then one token per row and step
-
-
-def test_the_own_decoding_loop_follows_the_model_token_for_token(llm):
-    """``decode="loop"`` with argmax in place of sampling gives transformers' greedy ``generate``, row by row (the
-    cache shared from the prompt, one step for all rows, positions from the cache), in float32 where argmax has
-    no ties; and each row ends at its first line break."""
-    from ray_llm_search.mentor import Mentor
-    from ray_llm_search.pool import Evaluation
-
-    meta = Mentor(TASK, "val_acc").build_scored([Evaluation(0, s, 0.5, 0.4 + 0.1 * i) for i, s in enumerate(SEEDS)],
-                                                 4, style="completion")
-    one = LocalLLM(seed=0, max_new_tokens=12, dtype="float32", stop_at_newline=False)
-    one.load()
-    ids = one._tokenizer(meta, return_tensors="pt").input_ids
-    with torch.no_grad():
-        looped = one._loop(ids, 3, 12, seed=0, pick=lambda logits, generator: logits.argmax(-1))
-        greedy = one._model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                     max_new_tokens=12, pad_token_id=one._tokenizer.eos_token_id)[0, ids.shape[1]:]
-    for row in looped:
-        kept = [int(t) for t in row if t >= 0]
-        assert kept == greedy[:len(kept)].tolist()
-    lines = LocalLLM(seed=0, max_new_tokens=24, dtype="float32")
-    lines._model, lines._tokenizer = one._model, one._tokenizer
-    with torch.no_grad():
-        rows = lines._loop(ids, 6, 24, seed=1)
-    ends = lines._ends()
-    for row in rows:
-        kept = [int(t) for t in row if t >= 0]
-        assert not any(bool(ends[t]) for t in kept[:-1]) and len(kept) <= 24  # nothing generated after an end
-
-
-def test_the_own_decoding_loop_samples_from_transformers_nucleus():
-    """``_nucleus`` draws only tokens transformers' top-p (after its temperature) keeps, in proportion, for a
-    peaked row and for a row whose nucleus is wider than its 256 candidates."""
-    from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
-
-    one = LocalLLM(temperature=0.9, top_p=0.95)  # not loaded: the sampler needs no model
-    gen = torch.Generator().manual_seed(0)
-    peaked = torch.full((1, 1000), -30.0)
-    peaked[0, :4] = torch.log(torch.tensor([0.5, 0.3, 0.17, 0.03])) * 0.9  # after temperature: 0.5 0.3 0.17 0.03
-    flat = torch.randn(1, 49152, generator=gen) * 0.1
-    for logits in (peaked, flat):
-        warped = TopPLogitsWarper(0.95)(None, TemperatureLogitsWarper(0.9)(None, logits.clone()))
-        allowed = set(torch.nonzero(torch.isfinite(warped[0])).flatten().tolist())
-        draws = torch.cat([one._nucleus(logits.repeat(50, 1), gen) for _ in range(20)]).tolist()
-        assert set(draws) <= allowed, sorted(set(draws) - allowed)[:5]
-    assert len(allowed) > 256 and len(set(draws)) > 256  # the wide nucleus sampled beyond the candidates
-    draws = torch.cat([one._nucleus(peaked.repeat(100, 1), gen) for _ in range(20)]).tolist()
-    share = [draws.count(i) / len(draws) for i in range(3)]
-    assert set(draws) == {0, 1, 2}  # 0.03 lies past the 0.95 nucleus (0.97 before it)
-    for got, want in zip(share, [0.5 / 0.97, 0.3 / 0.97, 0.17 / 0.97], strict=True):
-        assert abs(got - want) < 0.04, share

@@ -330,9 +330,8 @@ def test_the_llm_dtype_flag_reaches_the_local_model_and_the_comparison_keeps_flo
     args.seed = 2
     assert llm_from_flags(args, load=False).dtype == "bfloat16"
     assert compare_args([]).llm_dtype == "float32"
-    # the sampler likewise: the quickstart's own loop, the comparison's transformers' generate
-    assert p.parse_args([]).llm_decode == "loop"
-    assert llm_from_flags(p.parse_args(["--llm-decode", "generate"]), seed=0, load=False).decode == "generate"
-    assert compare_args([]).llm_decode == "generate"
+    # one sampler, transformers' generate: no flag chooses another
+    with pytest.raises(SystemExit):
+        p.parse_args(["--llm-decode", "loop"])
     with pytest.raises(SystemExit):
         p.parse_args(["--llm-dtype", "float16"])

@@ -365,3 +365,45 @@ def test_a_phase_reports_the_seconds_of_its_own_steps_and_evaluations(data_spec,
     # the elapsed time holds every report's sleep but the last one's (it comes after its own result)
     assert 1.1 <= last["compute_s"] <= last["elapsed_s"] - 0.3 * (len(reports) - 1)
     assert [r["compute_s"] for r in reports] == sorted(r["compute_s"] for r in reports)
+
+
+def test_the_default_backbone_loads_through_transformers_frozen_and_once_per_process(monkeypatch):
+    """The offline MiniLM loads with transformers' AutoModel and its fast tokenizer (no copy of either), frozen,
+    not causal, cached per process, leaving the caller's random state; its tokenizer's special tokens are there
+    for the prompt's insertion."""
+    from transformers import BertModel, PreTrainedTokenizerBase
+
+    from trainables import text_prompt
+    from trainables.text_prompt import load_backbone
+
+    monkeypatch.setattr(text_prompt, "_BACKBONES", {})  # loaded here, not by an earlier test
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    tokenizer, model, is_causal = load_backbone(None, torch.device("cpu"))
+    assert torch.equal(torch.rand(3), expected)
+    assert isinstance(model, BertModel) and not is_causal
+    assert isinstance(tokenizer, PreTrainedTokenizerBase) and tokenizer.is_fast
+    assert not any(p.requires_grad for p in model.parameters()) and not model.training
+    assert tokenizer.cls_token_id is not None and tokenizer.pad_token_id is not None
+    assert load_backbone(None, torch.device("cpu"))[1] is model
+
+
+def test_a_phase_steps_with_torch_optim(data_spec):
+    """The phases' optimizers are torch.optim's (AdamW by default, SGD with momentum 0.9 by name): a step hook
+    registered on torch.optim sees every one of the phase's steps."""
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    from trainables.phase import make_optimizer
+
+    seen: list[str] = []
+    handle = register_optimizer_step_post_hook(lambda opt, args, kwargs: seen.append(type(opt).__name__))
+    try:
+        config = _config(data_spec, steps=3, eval_every=3)
+        data = dataset_for(config)
+        run_phase(config, build_classifier(config, data), data.train, data.val)
+    finally:
+        handle.remove()
+    assert seen == ["AdamW"] * 3
+    sgd = make_optimizer("sgd", [torch.nn.Parameter(torch.zeros(2))], 0.1, 0.0)
+    assert isinstance(sgd, torch.optim.SGD) and sgd.param_groups[0]["momentum"] == 0.9

@@ -102,3 +102,116 @@ def test_the_first_trials_run_in_the_prestarted_process_with_its_imports_done(tm
     assert prestarted["at"] < first["started"]  # imported before tune.run was called
     [fresh] = [m for m in out["after"] if m["pid"] != prestarted["pid"]]
     assert second["pids"] == [fresh["pid"]] and fresh["at"] > second["started"]
+    # PrestartCheck saw it too: the first run's process was prestarted, the second's started by Tune
+    assert first["check"] == {"asked": 1, "prestarted": 1, "tune": 0, "unknown": 0}
+    assert second["check"] == {"asked": 1, "prestarted": 0, "tune": 1, "unknown": 0}
+
+
+def test_warm_is_off_by_default_in_the_library_and_on_in_the_quickstart():
+    """Experimental: the comparison starts Ray as Ray documents unless --warm asks; the quickstart turns it on
+    (--no-warm turns it off)."""
+    import importlib.util
+
+    from ray_llm_search import compare
+
+    args = compare.parse_args([])
+    assert args.warm is False
+    assert compare.ray_init_options(args) == {}
+    assert "_system_config" in compare.ray_init_options(compare.parse_args(["--warm"]))
+    spec = importlib.util.spec_from_file_location(
+        "quickstart_for_test", os.path.join(os.path.dirname(SCRIPTS), os.pardir, "examples", "quickstart.py"))
+    quickstart = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(quickstart)
+    assert quickstart.parse_args([]).warm is True
+    assert quickstart.parse_args(["--no-warm"]).warm is False
+    assert "experimental" in warm.__doc__.lower()
+
+
+def test_every_fallback_is_a_warning(monkeypatch, caplog):
+    import ray
+
+    caplog.set_level("WARNING", logger=warm.__name__)
+    monkeypatch.setattr(warm, "_prestart", lambda *a: None)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    assert warm.prestart_trial_workers(1) == 0
+    assert [r.levelname for r in caplog.records] == ["WARNING"] and "no Ray session" in caplog.text
+
+    def refused(*args):
+        raise RuntimeError("no such call")
+
+    caplog.clear()
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    monkeypatch.setattr(ray, "get_runtime_context", lambda: type("C", (), {"runtime_env": {}})())
+    monkeypatch.setattr(warm, "_prestart", refused)
+    assert warm.prestart_trial_workers(1) == 0
+    assert [r.levelname for r in caplog.records] == ["WARNING"] and "no such call" in caplog.text
+
+
+def test_a_ray_it_was_not_tested_on_gets_nothing_and_a_warning(monkeypatch, caplog):
+    import ray
+
+    assert warm.ray_version_tested(ray.__version__)  # the Ray this suite runs on is one it was tested on
+    caplog.set_level("WARNING", logger=warm.__name__)
+    assert warm.ray_version_tested(warm.TESTED_RAY[0] + ".3")
+    assert not caplog.records
+    monkeypatch.setattr(ray, "__version__", "9.1.0")
+    calls = []
+    monkeypatch.setattr(warm, "_prestart", lambda *a: calls.append(a))
+    assert warm.init_options("a.b") == {}
+    assert warm.prestart_trial_workers(2) == 0 and calls == []
+    assert len(caplog.records) == 2 and all(r.levelname == "WARNING" and "9.1.0" in r.getMessage()
+                                            for r in caplog.records)
+
+
+def test_the_check_says_whether_a_prestarted_process_took_the_trial(monkeypatch, caplog):
+    """A process that started before tune.run (setup) is a prestarted one; one that started after was Tune's;
+    logged either way, once per process, and counted."""
+    import time
+
+    caplog.set_level("INFO", logger=warm.__name__)
+    trial = type("Trial", (), {"trial_id": "t1"})()
+    check = warm.PrestartCheck(1)
+    check.setup()
+    started = warm.process_started_at(os.getpid())
+    assert started is not None and started < check.since  # this process started before the "run" did
+    check.on_trial_result(trial=trial, result={"pid": os.getpid()})
+    check.on_trial_result(trial=trial, result={"pid": os.getpid()})  # the same process: checked once
+    assert [r.levelname for r in caplog.records] == ["INFO"] and "prestarted" in caplog.text
+    late = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        check.since = time.time() - 60  # as if tune.run began before this process did
+        deadline = time.time() + 10
+        while warm.process_started_at(late.pid) is None and time.time() < deadline:
+            time.sleep(0.05)
+        caplog.clear()
+        check.on_trial_result(trial=trial, result={"pid": late.pid})
+    finally:
+        late.kill()
+        late.wait()
+    assert [r.levelname for r in caplog.records] == ["WARNING"] and "Tune started" in caplog.text
+    assert check.summary() == {"asked": 1, "prestarted": 1, "tune": 1, "unknown": 0}
+    caplog.clear()
+    nothing = warm.PrestartCheck(0)  # nothing was prestarted: nothing to check
+    nothing.setup()
+    nothing.on_trial_result(trial=trial, result={"pid": os.getpid()})
+    assert not caplog.records and nothing.summary()["prestarted"] == 0
+
+
+def test_process_start_times_without_psutil(monkeypatch):
+    """The /proc reading agrees with psutil's (where both exist)."""
+    import builtins
+    import importlib.util
+
+    if importlib.util.find_spec("psutil") is None or not os.path.exists("/proc/self/stat"):
+        pytest.skip("needs psutil and /proc")
+    with_psutil = warm.process_started_at(os.getpid())
+    real_import = builtins.__import__
+
+    def no_psutil(name, *args, **kwargs):
+        if name == "psutil":
+            raise ImportError("no psutil")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_psutil)
+    assert warm.process_started_at(os.getpid()) == pytest.approx(with_psutil, abs=1.5)
+    assert warm.process_started_at(2**22 + 12345) is None

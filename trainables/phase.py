@@ -61,7 +61,6 @@ from typing import Any
 import torch
 
 from ray_llm_search import contract
-from trainables.optim import make_optimizer
 
 logger = logging.getLogger(__name__)
 
@@ -194,6 +193,16 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def make_optimizer(name: str, params: list, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """The phase's optimizer by its config name: ``"adamw"`` (``torch.optim.AdamW``) or ``"sgd"``
+    (``torch.optim.SGD``, momentum 0.9)."""
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
+    raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {name!r}")
+
+
 def run_phase(config: dict, model, train: list, val: list,
               report: Callable[[dict, str | None], None] | None = None, started: float | None = None) -> dict:
     """Run one gradient phase and return its best evaluation.
@@ -257,7 +266,7 @@ class Phase:
         self.timing: dict = {}
         self.restored = _restart_state() if self.in_tune else None
         self.prompt: torch.nn.Parameter | None = None
-        self.optimizer = None  # trainables.optim: torch.optim's update without its import of torch._dynamo
+        self.optimizer: torch.optim.Optimizer | None = None
         self._lr_at = getattr(model, "lr_at", None)
         self._base_lr = float(self.cfg["lr"])
 

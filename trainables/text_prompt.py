@@ -32,11 +32,9 @@ from contextlib import nullcontext
 import torch
 import torch.nn.functional as F
 
-from trainables.bert import load_bert
 from trainables.data import Example, TextDataset, load_dataset
 from trainables.phase import check_config, evaluate_logits, resolve_device, run_phase
 from trainables.projection import ids_to_text, nearest_tokens, special_token_ids, text_to_vectors
-from trainables.tokenizer import load_plain_tokenizer
 
 TEXT_DEFAULTS = {
     "model": None,
@@ -80,23 +78,6 @@ def load_backbone(name: str | None, device: torch.device):
     key = (name, str(device))
     if key not in _BACKBONES:
         path = resolve_model(name)
-        # a plain BERT encoder in a local folder (the offline default) loads without transformers' modelling
-        # stack, 3 s less in every fresh worker, and computes the same bits (trainables.bert)
-        plain = load_bert(path) if os.path.isdir(path) else None
-        if plain is not None:
-            # its tokenizer.json without transformers too (trainables.tokenizer: the same ids, 2 s less)
-            tokenizer = load_plain_tokenizer(path)
-            if tokenizer is None:
-                from transformers import AutoTokenizer
-
-                try:
-                    tokenizer = AutoTokenizer.from_pretrained(path)
-                except OSError as e:
-                    raise ValueError(f"cannot load the tokenizer of model {name!r} ({path}): {e}") from e
-            if tokenizer.pad_token_id is None:
-                tokenizer.pad_token = tokenizer.eos_token
-            _BACKBONES[key] = (tokenizer, plain.to(device).eval().requires_grad_(False), False)
-            return _BACKBONES[key]
         from transformers import AutoConfig, AutoModel, AutoTokenizer
 
         try:

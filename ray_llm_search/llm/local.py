@@ -14,7 +14,6 @@ __all__ = ["DEFAULT_CACHE", "LocalLLM", "convert_gguf", "smollm2_gguf"]
 logger = logging.getLogger(__name__)
 
 _DTYPES = ("auto", "float32", "bfloat16")
-_DECODES = ("loop", "generate")
 
 
 def _native_dtype(device: str) -> str:
@@ -60,13 +59,9 @@ class LocalLLM(LLM):
             bfloat16 rounds the de-quantised weights, and on a CPU runs attention eagerly (torch's fused CPU kernel
             is slower for one-token decoding in bfloat16): a few candidates of a round differ from float32's; on
             an AVX512-BF16 CPU (2 cores) a round of 14 continuations of SmolLM2 takes 1.6-1.9 s instead of 3.4-4.3 s.
-        decode: completion style: ``"loop"`` (default) runs the continuations in this class's own decoding loop:
-            the meta-prompt once, its cache copied to every row, one step for all rows at a time with no attention
-            mask (rows stay aligned), nucleus sampling over the 256 likeliest tokens (the whole vocabulary for a
-            row whose nucleus is wider), stopping once every row has ended its line or its text (EOS). Same model,
-            same temperature and top-p as transformers' sampler, other random draws: on an AMX CPU (2 cores) 89 ms
-            a step for 14 rows against 137 ms in ``generate``. ``"generate"`` is transformers' ``generate`` (with
-            eager attention for bfloat16 on a CPU), the sampler of every run recorded before it.
+
+    Continuations are sampled by transformers' ``generate`` (with eager attention for bfloat16 on a CPU), the
+    sampler of every recorded run.
 
     Example:
         >>> llm = LocalLLM()                     # offline SmolLM2
@@ -86,7 +81,6 @@ class LocalLLM(LLM):
         stop_at_newline: bool = True,
         share_prefix: bool = True,
         dtype: str = "auto",
-        decode: str = "loop",
     ) -> None:
         super().__init__()
         if style not in ("chat", "completion"):
@@ -99,15 +93,12 @@ class LocalLLM(LLM):
             raise ValueError(f"top_p must be in (0, 1], got {top_p}")
         if dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
-        if decode not in _DECODES:
-            raise ValueError(f"decode must be one of {', '.join(_DECODES)}, got {decode!r}")
         if model is None:
             model = smollm2_gguf()
         elif model.endswith(".gguf") and not os.path.isfile(model):
             raise ValueError(f"GGUF file not found: {model!r}")
         self.model_name = model
         self.dtype = dtype
-        self.decode = decode
         self.style = style
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
@@ -119,12 +110,11 @@ class LocalLLM(LLM):
         self.cache_dir = cache_dir or DEFAULT_CACHE
         self._model = None
         self._tokenizer = None
-        self._line_ends = None
         self._load_lock = threading.Lock()
         self._calls = 0
 
     def _transient(self) -> tuple[str, ...]:
-        return ("_model", "_tokenizer", "_line_ends", "_load_lock")
+        return ("_model", "_tokenizer", "_load_lock")
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
@@ -156,21 +146,14 @@ class LocalLLM(LLM):
         dtype = getattr(self, "dtype", "float32")  # an LLM pickled before the option ran in float32
         return _native_dtype(self.device) if dtype == "auto" else dtype
 
-    def resolved_decode(self) -> str:
-        """``"loop"`` or ``"generate"``: how completions are sampled (chat style always uses ``generate``)."""
-        if self.style != "completion":
-            return "generate"
-        return getattr(self, "decode", "generate")  # an LLM pickled before the option used generate
-
     def numerics(self) -> dict:
         """What makes this model's answers differ from float32 in transformers' ``generate`` with its default
-        attention (``{}`` for that): ``dtype``; ``attention: "eager"`` for bfloat16 in ``generate`` on a CPU;
-        ``decode: "loop"`` for this class's own decoding loop. An answer cache keys on it."""
-        dtype, loop = self.resolved_dtype(), self.resolved_decode() == "loop"
+        attention (``{}`` for that): ``dtype``; ``attention: "eager"`` for bfloat16 on a CPU. An answer cache keys
+        on it (answers cached from the decoding loop this class once had carry ``decode: "loop"`` in their keys and
+        are not replayed: its draws were not ``generate``'s)."""
+        dtype = self.resolved_dtype()
         out = {} if dtype == "float32" else {"dtype": dtype}
-        if loop:
-            out["decode"] = "loop"
-        elif dtype != "float32" and str(self.device) == "cpu":
+        if dtype != "float32" and str(self.device) == "cpu":
             out["attention"] = "eager"
         return out
 
@@ -203,13 +186,6 @@ class LocalLLM(LLM):
         stop = {"stop_strings": ["\n"], "tokenizer": tok} if self.style == "completion" and getattr(
             self, "stop_at_newline", False) else {}
         with torch.no_grad():
-            if self.style == "completion" and self.resolved_decode() == "loop" and inputs.input_ids.shape[1] > 1:
-                new = self._loop(inputs.input_ids, samples, max_new, generator_seed)
-                if new is not None:
-                    self._count(self.usage, completion_tokens=int((new != -1).sum()))
-                    texts = tok.batch_decode([[int(t) for t in row if t >= 0] for row in new],
-                                             skip_special_tokens=True)
-                    return [t.strip().splitlines()[0] if t.strip() else "" for t in texts]
             try:
                 out = self._generate(inputs, samples, settings, stop, generator_seed)
             except (TypeError, ValueError) as e:
@@ -226,71 +202,6 @@ class LocalLLM(LLM):
             # imitating the score line and the next entry, which the mentor would reject anyway.
             texts = [t.strip().splitlines()[0] if t.strip() else "" for t in texts]
         return texts
-
-    def _ends(self):
-        """Per vocabulary entry: does the token end a continuation (its text holds a line break, or it is EOS)."""
-        import torch
-
-        if self._line_ends is None:
-            tok, size = self._tokenizer, self._model.get_input_embeddings().weight.shape[0]
-            texts = tok.batch_decode([[i] for i in range(min(size, len(tok)))])
-            ends = torch.zeros(size, dtype=torch.bool)
-            if getattr(self, "stop_at_newline", False):
-                ends[[i for i, t in enumerate(texts) if "\n" in t]] = True
-            if tok.eos_token_id is not None:
-                ends[tok.eos_token_id] = True
-            self._line_ends = ends.to(self.device)
-        return self._line_ends
-
-    def _loop(self, ids, samples: int, max_new: int, seed: int, pick=None):
-        """``samples`` continuations of ``ids`` ([1, T]): the prompt (but its last token) run once, its cache copied
-        to every row, then one token for all rows per step until every row has ended (``_ends``) or ``max_new``;
-        returns ``[samples, steps]`` token ids, -1 after a row's end; ``None`` where the model's cache cannot be
-        copied per row (the caller uses ``generate``). ``pick(logits, generator)`` chooses the next tokens
-        (default ``nucleus``; a test passes argmax)."""
-        import torch
-
-        model, pick = self._model, pick or self._nucleus
-        prefix = model(input_ids=ids[:, :-1], use_cache=True)
-        name = "cache" if "cache" in prefix else "past_key_values"  # transformers 5 renamed it
-        cache = prefix.get(name, None)
-        if cache is None or not hasattr(cache, "batch_repeat_interleave"):
-            return None
-        cache.batch_repeat_interleave(samples)
-        ends = self._ends()
-        generator = torch.Generator(device=self.device).manual_seed(seed)
-        current = ids[:, -1:].repeat(samples, 1)
-        done = torch.zeros(samples, dtype=torch.bool, device=self.device)
-        steps = []
-        for _ in range(max_new):
-            out = model(input_ids=current, use_cache=True, **{name: cache})
-            cache = out.get(name, cache)
-            chosen = pick(out.logits[:, -1].float(), generator)
-            steps.append(torch.where(done, torch.full_like(chosen, -1), chosen))
-            done = done | ends[chosen]
-            if bool(done.all()):
-                break
-            current = chosen[:, None]
-        return torch.stack(steps, dim=1).cpu()
-
-    def _nucleus(self, logits, generator, candidates: int = 256):
-        """One token per row from ``softmax(logits / temperature)`` restricted to its nucleus (the likeliest
-        tokens whose mass before each is under ``top_p``, as transformers' top-p keeps them)."""
-        import torch
-
-        probs = torch.softmax(logits / self.temperature, dim=-1)
-        top, index = probs.topk(min(candidates, probs.shape[-1]), dim=-1)
-        keep = (top.cumsum(-1) - top) < self.top_p
-        chosen = []
-        for row in range(probs.shape[0]):
-            if bool(keep[row, -1]) and top.shape[-1] < probs.shape[-1]:  # a nucleus wider than the candidates
-                weights, ids = probs[row].sort(descending=True)
-                kept = (weights.cumsum(0) - weights) < self.top_p
-            else:
-                weights, ids, kept = top[row], index[row], keep[row]
-            weights, ids = weights[kept], ids[kept]
-            chosen.append(ids[torch.multinomial(weights / weights.sum(), 1, generator=generator)])
-        return torch.cat(chosen)
 
     def _generate(self, inputs, samples: int, settings: dict, stop: dict, seed: int):
         """``model.generate`` for ``samples`` continuations of one prompt; with ``share_prefix`` the prompt (but

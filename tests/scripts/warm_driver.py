@@ -22,11 +22,13 @@ def worker_marks() -> list[dict]:
         return [m for m in (json.loads(line) for line in f if line.strip()) if m["pid"] != os.getpid()]
 
 
-def run(trainable, storage: str) -> dict:
+def run(trainable, storage: str, asked: int) -> dict:
     started = time.time()
+    check = warm.PrestartCheck(asked)
     analysis = tune.run(trainable, num_samples=2, resources_per_trial={"cpu": 1}, reuse_actors=True, verbose=0,
-                        storage_path=storage)
-    return {"started": started, "pids": sorted({t.last_result["pid"] for t in analysis.trials})}
+                        storage_path=storage, callbacks=[check])
+    return {"started": started, "pids": sorted({t.last_result["pid"] for t in analysis.trials}),
+            "check": check.summary()}
 
 
 def main() -> None:
@@ -39,8 +41,8 @@ def main() -> None:
     import warm_target
 
     with tempfile.TemporaryDirectory() as storage:
-        first = run(warm_target.trainable, storage)
-        second = run(warm_target.trainable, storage)  # a new actor: the first run's ended with its run
+        first = run(warm_target.trainable, storage, asked)
+        second = run(warm_target.trainable, storage, asked)  # a new actor: the first run's ended with its run
     print(json.dumps({"asked": asked, "before": before, "after": worker_marks(), "first": first, "second": second}))
 
 
