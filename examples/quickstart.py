@@ -215,7 +215,7 @@ def main(argv=None) -> dict:
     if prestarted:
         took = check.summary()
         print(f"prestarted worker processes (ray_llm_search.warm, experimental): {took['asked']} asked, "
-              f"{took['prestarted']} took trials; {took['tune']} process(es) started by Tune")
+              f"{took['prestarted']} took trials; {took['tune']} process(es) started by Tune, {took['earlier']} older")
         summary["warm"] = took
     print(f"results: {experiment}")
     print(f"watch it: tensorboard --logdir {experiment}")

@@ -28,8 +28,9 @@ Two steps, both optional and both safe to skip:
   while the driver does something else, e.g. loads the mentor LLM; the first trials' actors then start in
   them. Ray kills a prestarted process that no actor took after ``keep_alive_s``.
 - ``PrestartCheck(asked)``: a Tune callback that checks, at each worker process's first result, whether the
-  process started before ``tune.run`` (prestarted) or after (Tune started it), and logs it either way (INFO when a
-  prestarted process took the trial, WARNING when none did); ``summary()`` counts both.
+  process is one this module asked for (it started between the ``prestart_trial_workers`` call and ``tune.run``),
+  an older one (e.g. left idle by an earlier run) or one Tune started, and logs it either way (INFO when a
+  prestarted process took the trial, WARNING otherwise); ``summary()`` counts them.
 
     ray.init(num_cpus=2, **warm.init_options(train_text_prompt))
     asked = warm.prestart_trial_workers(workers)
@@ -55,6 +56,7 @@ logger = logging.getLogger(__name__)
 # What a worker imports for Tune's function trainables before the trainable's own module.
 TUNE_MODULES = ("ray.tune.trainable.function_trainable",)
 DEFAULT_KEEP_ALIVE_S = 600.0
+_ASKED_AT: list[float] = []  # when prestart_trial_workers last asked the raylet (PrestartCheck's default)
 # The Ray versions (major.minor) this module was tested on (tests/test_warm.py, the quickstart); on any other it
 # does nothing.
 TESTED_RAY = ("2.60",)
@@ -138,7 +140,9 @@ def prestart_trial_workers(count: int, keep_alive_s: float = DEFAULT_KEEP_ALIVE_
             logger.warning("prestart_trial_workers: the job has a runtime environment (%s); not prestarting",
                            sorted(dict(job_env)))
             return 0
+        asked_at = time.time()
         _prestart(count, keep_alive_s, timeout_s)
+        _ASKED_AT[:] = [asked_at]
         return count
     except Exception as e:  # an older or newer Ray without the call, a refused request: Tune starts them itself
         logger.warning("prestart_trial_workers: not available (%s: %s); Tune starts its worker processes as usual",
@@ -170,22 +174,23 @@ def _prestart(count: int, keep_alive_s: float, timeout_s: float) -> None:
 
 def process_started_at(pid: int) -> float | None:
     """When process ``pid`` of this machine started (seconds since the epoch), or ``None`` where that cannot be
-    read (no such process, or neither psutil nor ``/proc``)."""
+    read (no such process, or neither ``/proc`` nor psutil). On Linux from ``/proc/<pid>/stat`` against the boot
+    clock, to the kernel's tick (psutil's figure rests on the boot time in whole seconds: off by up to one)."""
+    try:
+        with open(f"/proc/{int(pid)}/stat") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22, starttime, in clock ticks since boot
+        since_boot = time.clock_gettime(time.CLOCK_BOOTTIME)
+        return time.time() - (since_boot - ticks / os.sysconf("SC_CLK_TCK"))
+    except FileNotFoundError:
+        if os.path.isdir("/proc/self"):
+            return None  # Linux, and no such process
+    except (OSError, ValueError, IndexError, AttributeError):
+        pass
     try:
         import psutil
 
         return float(psutil.Process(int(pid)).create_time())
-    except ImportError:
-        pass
-    except Exception:  # no such process, or no access
-        return None
-    try:
-        with open(f"/proc/{int(pid)}/stat") as f:
-            ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22, starttime, in clock ticks since boot
-        with open("/proc/stat") as f:
-            boot = next(int(line.split()[1]) for line in f if line.startswith("btime "))
-        return boot + ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError, StopIteration):
+    except Exception:  # no psutil, no such process, or no access
         return None
 
 
@@ -200,14 +205,17 @@ def _callback_base() -> type:
 
 class PrestartCheck(_callback_base()):
     """A Tune callback: did the prestarted worker processes take the trials? At the first result from each worker
-    process (Tune reports its ``pid`` and ``node_ip``), the process counts as prestarted when it started before
-    ``tune.run`` did (``setup``), else as started by Tune; logged either way (INFO / WARNING) and counted in
-    ``summary()``. ``asked``: what ``prestart_trial_workers`` returned (0: nothing to check, nothing logged)."""
+    process (Tune reports its ``pid`` and ``node_ip``), the process counts as ``"prestarted"`` when it started
+    between ``asked_at`` (default: when ``prestart_trial_workers`` last asked) and ``tune.run`` (``setup``),
+    ``"earlier"`` when it started before ``asked_at`` (a process an earlier run left idle), ``"tune"`` when it
+    started after ``tune.run`` did; logged either way (INFO for a prestarted one, WARNING otherwise) and counted
+    in ``summary()``. ``asked``: what ``prestart_trial_workers`` returned (0: nothing to check, nothing logged)."""
 
-    def __init__(self, asked: int) -> None:
+    def __init__(self, asked: int, asked_at: float | None = None) -> None:
         self.asked = int(asked)
+        self.asked_at = asked_at if asked_at is not None else (_ASKED_AT[0] if _ASKED_AT else None)
         self.since: float | None = None
-        self.processes: dict[int, str] = {}  # pid: "prestarted", "tune" or "unknown"
+        self.processes: dict[int, str] = {}  # pid: "prestarted", "earlier", "tune" or "unknown"
 
     def setup(self, **info) -> None:
         self.since = time.time()
@@ -224,19 +232,24 @@ class PrestartCheck(_callback_base()):
         if started is None:
             self.processes[pid] = "unknown"
             logger.info("warm: trial %s runs in process %d, which cannot be checked here (another node?)", name, pid)
-        elif started < since:
+        elif started < since and (self.asked_at is None or started >= self.asked_at - 0.05):
             self.processes[pid] = "prestarted"
             logger.info("warm: trial %s runs in a prestarted worker process (pid %d, started %.1f s before tune.run)",
                         name, pid, since - started)
+        elif started < since:
+            self.processes[pid] = "earlier"
+            logger.warning("warm: trial %s runs in a worker process that started before the prestart (pid %d, %.1f s "
+                           "before tune.run): not one of the prestarted processes", name, pid, since - started)
         else:
             self.processes[pid] = "tune"
             logger.warning("warm: trial %s runs in a worker process Tune started (pid %d, %.1f s after tune.run): no "
                            "prestarted process took it", name, pid, started - since)
 
     def summary(self) -> dict:
-        """``{"asked", "prestarted", "tune", "unknown"}``: the worker processes that took trials, by who started them."""
+        """``{"asked", "prestarted", "earlier", "tune", "unknown"}``: the worker processes that took trials, by who
+        started them."""
         kinds = list(self.processes.values())
-        return {"asked": self.asked, **{k: kinds.count(k) for k in ("prestarted", "tune", "unknown")}}
+        return {"asked": self.asked, **{k: kinds.count(k) for k in ("prestarted", "earlier", "tune", "unknown")}}
 
 
 def _this_node(ip: str | None) -> bool:

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -60,6 +61,7 @@ def test_prestart_asks_nothing_where_it_cannot_help(monkeypatch):
 
     calls = []
     monkeypatch.setattr(warm, "_prestart", lambda *a: calls.append(a))
+    monkeypatch.setattr(warm, "_ASKED_AT", [])
     assert warm.prestart_trial_workers(0) == 0
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     assert warm.prestart_trial_workers(2) == 0  # no Ray session
@@ -73,8 +75,10 @@ def test_prestart_asks_nothing_where_it_cannot_help(monkeypatch):
     assert warm.prestart_trial_workers(2) == 0  # a job environment would change the actors' one
     assert calls == []
     Context.runtime_env = {}
+    before = time.time()
     assert warm.prestart_trial_workers(2, keep_alive_s=30) == 2
     assert calls == [(2, 30, 10.0)]
+    assert before <= warm.PrestartCheck(2).asked_at <= time.time()  # the check counts from that request
 
     def refused(*args):
         raise RuntimeError("no such call")
@@ -102,9 +106,10 @@ def test_the_first_trials_run_in_the_prestarted_process_with_its_imports_done(tm
     assert prestarted["at"] < first["started"]  # imported before tune.run was called
     [fresh] = [m for m in out["after"] if m["pid"] != prestarted["pid"]]
     assert second["pids"] == [fresh["pid"]] and fresh["at"] > second["started"]
-    # PrestartCheck saw it too: the first run's process was prestarted, the second's started by Tune
-    assert first["check"] == {"asked": 1, "prestarted": 1, "tune": 0, "unknown": 0}
-    assert second["check"] == {"asked": 1, "prestarted": 0, "tune": 1, "unknown": 0}
+    # PrestartCheck saw it too: the first run's process was the prestarted one (the second run asked for none, so
+    # its check has nothing to check)
+    assert first["check"] == {"asked": 1, "prestarted": 1, "earlier": 0, "tune": 0, "unknown": 0}
+    assert second["check"] == {"asked": 0, "prestarted": 0, "earlier": 0, "tune": 0, "unknown": 0}
 
 
 def test_warm_is_off_by_default_in_the_library_and_on_in_the_quickstart():
@@ -164,13 +169,12 @@ def test_a_ray_it_was_not_tested_on_gets_nothing_and_a_warning(monkeypatch, capl
 
 
 def test_the_check_says_whether_a_prestarted_process_took_the_trial(monkeypatch, caplog):
-    """A process that started before tune.run (setup) is a prestarted one; one that started after was Tune's;
-    logged either way, once per process, and counted."""
-    import time
-
+    """A process that started between the prestart and tune.run (setup) is a prestarted one, one that started
+    before the prestart an older one, one that started after tune.run Tune's; logged either way, once per
+    process, and counted."""
     caplog.set_level("INFO", logger=warm.__name__)
     trial = type("Trial", (), {"trial_id": "t1"})()
-    check = warm.PrestartCheck(1)
+    check = warm.PrestartCheck(1, asked_at=0.0)
     check.setup()
     started = warm.process_started_at(os.getpid())
     assert started is not None and started < check.since  # this process started before the "run" did
@@ -189,7 +193,13 @@ def test_the_check_says_whether_a_prestarted_process_took_the_trial(monkeypatch,
         late.kill()
         late.wait()
     assert [r.levelname for r in caplog.records] == ["WARNING"] and "Tune started" in caplog.text
-    assert check.summary() == {"asked": 1, "prestarted": 1, "tune": 1, "unknown": 0}
+    assert check.summary() == {"asked": 1, "prestarted": 1, "earlier": 0, "tune": 1, "unknown": 0}
+    caplog.clear()
+    older = warm.PrestartCheck(1, asked_at=time.time())  # this process started before that prestart
+    older.setup()
+    older.on_trial_result(trial=trial, result={"pid": os.getpid()})
+    assert [r.levelname for r in caplog.records] == ["WARNING"] and "before the prestart" in caplog.text
+    assert older.summary()["earlier"] == 1
     caplog.clear()
     nothing = warm.PrestartCheck(0)  # nothing was prestarted: nothing to check
     nothing.setup()
@@ -197,21 +207,23 @@ def test_the_check_says_whether_a_prestarted_process_took_the_trial(monkeypatch,
     assert not caplog.records and nothing.summary()["prestarted"] == 0
 
 
-def test_process_start_times_without_psutil(monkeypatch):
-    """The /proc reading agrees with psutil's (where both exist)."""
-    import builtins
+def test_process_start_times_agree_with_psutil_and_with_the_clock():
+    """The /proc reading agrees with psutil's (which rounds the boot time to a second) and puts a process
+    started now within a few ticks of now."""
     import importlib.util
 
-    if importlib.util.find_spec("psutil") is None or not os.path.exists("/proc/self/stat"):
-        pytest.skip("needs psutil and /proc")
-    with_psutil = warm.process_started_at(os.getpid())
-    real_import = builtins.__import__
+    if not os.path.exists("/proc/self/stat"):
+        pytest.skip("needs /proc")
+    before = time.time()
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        started = warm.process_started_at(child.pid)
+        assert before - 0.05 <= started <= time.time() + 0.05
+        if importlib.util.find_spec("psutil") is not None:
+            import psutil
 
-    def no_psutil(name, *args, **kwargs):
-        if name == "psutil":
-            raise ImportError("no psutil")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_psutil)
-    assert warm.process_started_at(os.getpid()) == pytest.approx(with_psutil, abs=1.5)
+            assert started == pytest.approx(psutil.Process(child.pid).create_time(), abs=1.5)
+    finally:
+        child.kill()
+        child.wait()
     assert warm.process_started_at(2**22 + 12345) is None

@@ -42,7 +42,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as storage:
         first = run(warm_target.trainable, storage, asked)
-        second = run(warm_target.trainable, storage, asked)  # a new actor: the first run's ended with its run
+        # a new actor (the first run's ended with its run); nothing was prestarted for it: nothing to check
+        second = run(warm_target.trainable, storage, 0)
     print(json.dumps({"asked": asked, "before": before, "after": worker_marks(), "first": first, "second": second}))
 
 
