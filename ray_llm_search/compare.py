@@ -66,13 +66,13 @@ from ray.tune import Callback  # noqa: E402
 from ray.tune.search import Searcher  # noqa: E402
 
 from ray_llm_search import presets  # noqa: E402
-from ray_llm_search.flags import add_llm_flags, add_search_flags, llm_from_flags  # noqa: E402
+from ray_llm_search.flags import add_llm_flags, add_search_flags, llm_from_flags, llm_label  # noqa: E402
 from ray_llm_search.stats import mean_ci  # noqa: E402
 from trainables.benchmarks import BENCHMARKS  # noqa: E402
 
 ARMS = ("gradient", "llm", "llm+gradient", "perturb+gradient", "screened", "screened-perturb", "screened-paired",
         "screened-perturb-paired", "late-mix", "late-mix-perturb", "late-text", "authors", "authors-perturb",
-        "authors-faithful", "authors-paired", "authors-perturb-paired")
+        "authors-faithful", "authors-paired", "authors-perturb-paired", "text-first", "text-first-perturb")
 ARM_LABELS = {"gradient": "gradient only", "llm": "LLM only (OPRO-style)", "llm+gradient": "LLM + gradient (LLMSearch, restarts)",
               "screened": "chains + screened LLM starts", "screened-perturb": "chains + screened perturbed starts (no LLM)",
               "late-mix": "chains + late warm LLM restarts",
@@ -85,7 +85,9 @@ ARM_LABELS = {"gradient": "gradient only", "llm": "LLM only (OPRO-style)", "llm+
               "authors-perturb": "authors' regime, perturbed texts (no LLM)",
               "authors-faithful": "authors' regime, mentor shown text scores",
               "authors-paired": "LLMSearch default: authors' regime, LLM candidates adopted on a paired test",
-              "authors-perturb-paired": "authors' regime, perturbed texts adopted on a paired test (no LLM)"}
+              "authors-perturb-paired": "authors' regime, perturbed texts adopted on a paired test (no LLM)",
+              "text-first": "3 LLM rounds on text (text against text), then one descent",
+              "text-first-perturb": "3 rounds of perturbed texts on text, then one descent (no LLM)"}
 # The arms in which new starts are screened: arm -> (where candidates come from, when they are screened, how
 # a winning candidate starts: None = --candidate-start, the test it must pass). "early": generation 0 scores
 # the seed prompts as text and every chain screens candidates before its first step; "late": the chains
@@ -99,21 +101,25 @@ SCREENED_ARMS = {"screened": ("llm", "early", None, "gain"), "screened-perturb":
                  "authors": ("llm", "authors", "text", "gain"), "authors-perturb": ("perturb", "authors", "text", "gain"),
                  "authors-faithful": ("llm", "authors", "text", "gain"),
                  "authors-paired": ("llm", "authors", "text", "paired"),
-                 "authors-perturb-paired": ("perturb", "authors", "text", "paired")}
+                 "authors-perturb-paired": ("perturb", "authors", "text", "paired"),
+                 "text-first": ("llm", "text-first", "text", "gain"),
+                 "text-first-perturb": ("perturb", "text-first", "text", "gain")}
 # The preset (ray_llm_search.presets) each screened arm runs; its table entry above says where candidates
 # come from and how a winner starts.
 ARM_PRESETS = {"screened": "chains-screened", "screened-perturb": "chains-screened", "screened-paired": "chains-paired",
                "screened-perturb-paired": "chains-paired", "late-mix": "late-mix", "late-mix-perturb": "late-mix",
                "late-text": "late-mix", "authors": "authors", "authors-perturb": "authors",
                "authors-faithful": "authors-faithful", "authors-paired": "authors-paired",
-               "authors-perturb-paired": "authors-paired"}
+               "authors-perturb-paired": "authors-paired", "text-first": "text-first",
+               "text-first-perturb": "text-first"}
 # Arms whose mentor is shown texts with what they score as text (LLMSearch(mentor_scores="text")), each a
 # copy of the arm named beside it with the projections' evaluations taken from its screening.
 FAITHFUL_ARMS = {"authors-faithful": "authors"}
 # What the LLM adds: each LLM arm minus its no-LLM control (the same allocation, perturbed texts).
 CONTROLS = (("llm+gradient", "perturb+gradient"), ("screened", "screened-perturb"),
             ("screened-paired", "screened-perturb-paired"), ("late-mix", "late-mix-perturb"), ("authors", "authors-perturb"),
-            ("authors-faithful", "authors-perturb"), ("authors-paired", "authors-perturb-paired"))
+            ("authors-faithful", "authors-perturb"), ("authors-paired", "authors-perturb-paired"),
+            ("text-first", "text-first-perturb"))
 # Ablations: an arm minus the same arm with one thing changed (the mentor shown vector scores; candidates
 # adopted on any gain instead of a paired test; a warm restart instead of a restart from the text).
 ABLATIONS = tuple((a, b) for a, b in FAITHFUL_ARMS.items()) + (("authors-paired", "authors"), ("late-mix", "late-text"))
@@ -436,7 +442,7 @@ def run_arm(args, dataset: str, seed: int, arm: str, storage: str, llm_factory=N
     test = evaluate_prompt(config, vectors_path=best["path"])
     usage = dict(llm.usage) if llm is not None else {}
     return {
-        "dataset": dataset, "seed": seed, "arm": arm, "budget": b, **counts,
+        "dataset": dataset, "seed": seed, "arm": arm, "llm": _run_llm(args, llm, llm_factory), "budget": b, **counts,
         "test_acc": test["acc"], "select": rule, "test_by_rule": {rule: test["acc"]}, "test_n": test["n"], "best_val_acc": best["val_acc"], "best_prompt": test["prompt_text"],
         "best_generation": best["generation"], "best_origin": best["origin"],
         "search_wall_s": round(search_wall, 1), "test_eval_s": round(time.time() - t, 1),
@@ -449,6 +455,14 @@ def run_arm(args, dataset: str, seed: int, arm: str, storage: str, llm_factory=N
         "evaluations": evaluations, "experiment": os.path.join(storage, name),
         "split_sizes": _split_sizes(config),
     }
+
+
+def _run_llm(args, llm, llm_factory=None) -> str | None:
+    """The mentor a run asked, by name (``flags.llm_label``; a factory's LLM by its class); ``None`` for an arm
+    that asks none."""
+    if llm is None or isinstance(llm, NoLLM):
+        return None
+    return llm_label(args) if llm_factory is None else type(llm).__name__
 
 
 def make_search(args, arm: str, task: str, seeds: list[str], seed: int, log_dir: str, config: dict,
@@ -718,8 +732,8 @@ def write_table(results: dict, path: str) -> str:
     runs = results["runs"]
     lines = ["| dataset | arm | seeds | test acc (mean ± std) | best val acc | gradient steps / run | "
              "evaluations / run | LLM calls / run | LLM tokens / run | phases from LLM / pool | "
-             "search wall / run (s) | wins (test, per seed) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "candidates adopted / screened (all runs) | search wall / run (s) | wins (test, per seed) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for dataset in sorted({r["dataset"] for r in runs}):
         rows = [r for r in runs if r["dataset"] == dataset]
         seeds = sorted({r["seed"] for r in rows})
@@ -727,7 +741,7 @@ def write_table(results: dict, path: str) -> str:
         baseline = [r for r in results.get("seed_prompt", []) if r["dataset"] == dataset]
         if baseline:
             lines.append(f"| {dataset} | seed prompt as text, no search | {len(baseline)} | "
-                         f"{_mean_std([r['test_acc'] for r in baseline])} | - | 0 | 0 | 0 | 0 | - | - | - |")
+                         f"{_mean_std([r['test_acc'] for r in baseline])} | - | 0 | 0 | 0 | 0 | - | - | - | - |")
         for arm in ARMS:
             mine = [by[(arm, s)] for s in seeds if (arm, s) in by]
             if not mine:
@@ -740,6 +754,7 @@ def write_table(results: dict, path: str) -> str:
                 f"{mine[0]['n_evaluations']} | {statistics.mean(r['llm_calls'] for r in mine):.0f} | "
                 f"{statistics.mean(r['llm_tokens'] for r in mine):.0f} | "
                 f"{statistics.mean(_starts(r, 'llm') for r in mine):.1f} / {statistics.mean(_starts(r, 'pool') for r in mine):.1f} | "
+                f"{sum(adopted(r) for r in mine)} / {sum(r.get('screened', 0) for r in mine)} | "
                 f"{statistics.mean(r['search_wall_s'] for r in mine):.0f} | {wins}/{len(mine)} |")
     lines += ["", "Per seed: test accuracy (best validation accuracy) and the selected prompt's generation.", "",
               "| dataset | seed | test n | seed prompt | " + " | ".join(ARM_LABELS[a] for a in ARMS) + " |",
@@ -823,6 +838,11 @@ def paired_table(runs: list[dict]) -> list[str]:
     rows.append("| mean over datasets | " + " | ".join(
         f"{statistics.mean(means[p]):+.3f} ({len(means[p])} sets)" if means[p] else "-" for p in present) + " |")
     return ["Paired test-accuracy differences per seed (mean ± 95% t-interval over seeds):", "", *head, *rows]
+
+
+def adopted(run: dict) -> int:
+    """Screened candidates a chain took in a run (its phase started from ``candidate i``)."""
+    return sum(1 for e in run["evaluations"] if str(e.get("start") or "").startswith("candidate"))
 
 
 def _starts(run: dict, origin: str) -> int:

@@ -1,7 +1,9 @@
 """The command-line flags every script of this project shares, one meaning per name.
 
-- LLM flags (``add_llm_flags``, read by ``llm_from_flags``): ``--llm`` (``local``: SmolLM2-135M offline, or
-  ``openai``: any OpenAI-compatible endpoint), ``--llm-model`` (the API model, or a local GGUF file),
+- LLM flags (``add_llm_flags``, read by ``llm_from_flags``): ``--llm`` (``local``: SmolLM2-135M offline in this
+  process, ``openai``: any OpenAI-compatible endpoint, or ``llama-cpp``: a llama.cpp server this script starts
+  and stops, on Qwen2.5-Coder-1.5B offline by default), ``--llm-model`` (the API model, or a GGUF file or named
+  offline model), ``--llm-threads`` (the llama.cpp server's threads),
   ``--base-url``, ``--api-key-env`` (the *name* of the variable holding the key; the key is never a flag) and
   ``--llm-dtype`` (the local model's precision, ``LocalLLM(dtype=...)``).
 - Search flags (``add_search_flags``): ``--population``, ``--generations``, ``--elites``, ``--steps``,
@@ -22,14 +24,19 @@ from __future__ import annotations
 import argparse
 
 
-def add_llm_flags(parser, choices: tuple[str, ...] = ("local", "openai"), default: str = "local",
+def add_llm_flags(parser, choices: tuple[str, ...] = ("local", "openai", "llama-cpp"), default: str = "local",
                   dtype: str = "auto") -> None:
     """``--llm``, ``--llm-model``, ``--base-url``, ``--api-key-env``, ``--llm-dtype`` (default ``dtype``)
     (``parser`` may be an argument group)."""
     parser.add_argument("--llm", choices=list(choices), default=default,
-                        help="the mentor: local (SmolLM2-135M, offline) or openai (any OpenAI-compatible endpoint)")
+                        help="the mentor: local (SmolLM2-135M, offline, in this process), openai (any OpenAI-compatible "
+                             "endpoint) or llama-cpp (a llama.cpp server started for this run; default model "
+                             "qwen2.5-coder-1.5b, installed by: python -m ray_llm_search.llm.weights install)")
     parser.add_argument("--llm-model", default=None,
-                        help="the LLM: an API model name (openai) or a local GGUF file (local; default SmolLM2-135M)")
+                        help="the LLM: an API model name (openai), a local GGUF file (local; default SmolLM2-135M), "
+                             "or a GGUF file or named offline model (llama-cpp; default qwen2.5-coder-1.5b)")
+    parser.add_argument("--llm-threads", type=int, default=1,
+                        help="llama-cpp: the server's threads (default 1: the trials keep the other cores)")
     parser.add_argument("--base-url", default=None, help="OpenAI-compatible endpoint (vLLM, Ollama, llama.cpp)")
     parser.add_argument("--api-key-env", default="OPENAI_API_KEY",
                         help="name of the variable holding the API key (the value is never printed)")
@@ -62,11 +69,23 @@ def add_search_flags(parser, *, population: int = 4, generations: int = 3, elite
         parser.add_argument("--seed", type=int, default=seed, help="seeds the search, its phases and the data split")
 
 
+def llm_label(args) -> str:
+    """The mentor the LLM flags name, as results record it: ``local:smollm2-135m``,
+    ``llama-cpp:qwen2.5-coder-1.5b``, ``openai:gpt-4o-mini`` (a model file by its name)."""
+    import os
+
+    model = os.path.basename(args.llm_model).removesuffix(".gguf") if args.llm_model else None
+    default = {"local": "smollm2-135m", "llama-cpp": "qwen2.5-coder-1.5b", "openai": "gpt-4o-mini"}.get(args.llm)
+    return f"{args.llm}:{model or default or 'default'}"
+
+
 def llm_from_flags(args, seed: int | None = None, **kwargs):
     """The LLM the flags of ``add_llm_flags`` name (``ray_llm_search.llm.make_llm``); ``seed`` defaults to
     ``args.seed``; ``kwargs`` go to the client (e.g. ``max_new_tokens``)."""
     from ray_llm_search.llm import make_llm
 
+    if args.llm == "llama-cpp":
+        kwargs = {"threads": getattr(args, "llm_threads", 1), **kwargs}
     if args.llm == "local" and getattr(args, "llm_dtype", None):
         kwargs = {"dtype": args.llm_dtype, **kwargs}
     return make_llm(args.llm, args.llm_model, base_url=args.base_url, api_key_env=args.api_key_env,

@@ -36,8 +36,9 @@ _QUOTES = "\"'`“”‘’«»"
 _ITEM_COMMA = re.compile(r"([\"'”’»])\s*,$")
 # What is left of markup: a code fence, or a line that opens or closes a JSON object or array.
 _MARKUP = re.compile(r"^(?:```|[\[{])|[\[{]$")
-_SCORE_SUFFIX = re.compile(r"\s*[\(\[]?\s*(?:score|accuracy|acc|loss|val_\w+)\s*[:=]?\s*[-\d.]+%?\s*[\)\]]?\s*$",
-                           re.IGNORECASE)
+# Scores a model copies from the meta-prompt after a prompt: "(score 0.8)", "loss 0.621, val_acc 0.598".
+_SCORE_SUFFIX = re.compile(r"(?:\s*[,;]?\s*[\(\[]?\s*(?:score|accuracy|acc|loss|val_\w+)\s*[:=]?\s*[-\d.]+%?\s*[\)\]]?)+"
+                           r"\s*[,;.]?\s*$", re.IGNORECASE)
 # Lines that talk about prompts instead of being one.
 _CHATTER = re.compile(
     r"^(?:here\s+(?:are|is)|sure|certainly|of course|okay|ok\b|i\s|i'm|as an ai|note\b|these\s|the following|"

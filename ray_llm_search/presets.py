@@ -15,6 +15,7 @@ at equal budget. ``examples/RESULTS.md`` has what each one measured.
 | ``"chains-screened"`` | the same, a candidate wins on any gain | −0.9 |
 | ``"late-mix"`` | every chain descends one generation, then screens ``G-1`` warm candidates ``(chain + text) / 2`` | −0.5 |
 | ``"authors-faithful"`` | ``"authors"`` with the mentor shown text scores (``mentor_scores="text"``) | −0.5 vs ``"authors"`` (2 tasks) |
+| ``"text-first"`` | 3 LLM rounds on text before any gradient (the mentor shown texts with their scores as text; each candidate screened as text against the best text so far: text against text), then one chain descends every step from the best text; the final prompt by the lowest validation loss | issue #26: being measured |
 | ``"restarts"`` | the first design: 1 elite continues, the LLM's texts restart the other ``P-1`` phases each generation | −2.8 (3 tasks, 3 seeds) |
 
 The authors' designs run one trial at a time (one chain): give that trial every CPU or GPU of the machine
@@ -31,7 +32,8 @@ from __future__ import annotations
 
 DEFAULT = "authors-paired"
 AUTHORS_ROUNDS = 3
-PRESETS = ("chains-paired", "chains-screened", "late-mix", "authors", "authors-faithful", "authors-paired", "restarts")
+PRESETS = ("chains-paired", "chains-screened", "late-mix", "authors", "authors-faithful", "authors-paired", "text-first",
+           "restarts")
 
 
 def budget(population: int, generations: int, steps: int, eval_every: int) -> dict:
@@ -98,6 +100,22 @@ def authors_schedule(population: int, generations: int, steps: int, eval_every: 
             + [{"steps": final, "eval_every": eval_every}])
 
 
+def text_first_schedule(population: int, generations: int, steps: int, eval_every: int) -> list[dict]:
+    """LLM rounds on text before any gradient, then one descent with every step, at the budget of ``budget(...)``:
+    generation 0 scores the seed prompt as text (no step); ``3`` rounds follow, each a phase of no step whose
+    start (the best text so far, its score reused) screens ``S`` candidates as text, text against text, and
+    takes the winner; then one chain descends ``G*P*K`` steps from the best text, evaluated every
+    ``eval_every``. The rounds' ``S`` spend the evaluations that are left (earlier rounds one more)."""
+    b = budget(population, generations, steps, eval_every)
+    final, rounds = b["gradient_steps"], AUTHORS_ROUNDS
+    screens = b["evaluations"] - 1 - final // eval_every
+    if screens < rounds:
+        raise ValueError(f"the text-first design cannot spend {b['evaluations']} evaluations with {rounds} rounds of at "
+                         f"least one screened candidate at this budget ({b})")
+    per_round = [screens // rounds + (1 if i < screens % rounds else 0) for i in range(rounds)]
+    return [{"steps": 0}] + [{"steps": 0, "screen": s} for s in per_round] + [{"steps": final, "eval_every": eval_every}]
+
+
 def preset(name: str = DEFAULT, *, population: int = 4, generations: int = 3, steps: int, eval_every: int) -> dict:
     """``LLMSearch`` keyword arguments for the named design at the budget of ``population`` gradient chains run
     for ``generations`` phases of ``steps`` steps evaluated every ``eval_every`` (the trial config's values).
@@ -119,4 +137,8 @@ def preset(name: str = DEFAULT, *, population: int = 4, generations: int = 3, st
         return {**({"screen_test": "paired"} if name == "authors-paired" else {}),"population": 1, "elites": 1, "seed_prompts": 1, "reuse_start_score": True,
                 "schedule": authors_schedule(population, generations, steps, eval_every, faithful),
                 "mentor_scores": "text" if faithful else "vectors", "select": "loss"}
+    if name == "text-first":
+        return {"population": 1, "elites": 1, "seed_prompts": 1, "reuse_start_score": True,
+                "schedule": text_first_schedule(population, generations, steps, eval_every), "mentor_scores": "text",
+                "select": "loss"}
     return {"population": population, "generations": generations, "elites": 1}

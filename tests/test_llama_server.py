@@ -147,3 +147,94 @@ def test_search_mentored_by_llama_cpp_server(llama_server, ray_session, tmp_path
     print(f"\nserver start {llama_server['start_s']:.1f}s, search {time.monotonic() - started:.1f}s, "
           f"LLM round {round1['seconds']}s, usage {dict(llm.usage)}; candidates {round1['candidates']}; "
           f"rejected {round1['rejected']}")
+
+
+# -- the library's own launcher: LlamaServer / LlamaCppChat (what --llm llama-cpp runs) ---------------------
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_llama_cpp_chat_starts_serves_and_stops_its_server(tmp_path):
+    from ray_llm_search.llm import LlamaCppChat, make_llm
+
+    llm = make_llm("llama-cpp", smollm2_gguf(), seed=3, load=False, max_tokens=24)
+    assert isinstance(llm, LlamaCppChat) and llm.server is None  # nothing started before load()
+    llm.load()
+    server = llm.server
+    pid = server.proc.pid
+    assert llm.base_url == server.base_url and server.alias in server.models()
+    assert server.command()[server.command().index("--n_threads") + 1] == "1"
+    # the environment that keeps its OpenMP threads from spinning against the trials'
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        env = dict(kv.split(b"=", 1) for kv in f.read().split(b"\0") if b"=" in kv)
+    assert env[b"OMP_WAIT_POLICY"] == b"PASSIVE"
+    replies = llm.propose("Write one short prompt for classifying news articles by topic.\nprompt:", n=1)
+    assert len(replies) == 1 and replies[0].strip() and llm.usage["completion_tokens"] > 0 and not llm.faults
+    # a second client of the same file in this process shares the server
+    other = make_llm("llama-cpp", smollm2_gguf(), seed=4, load=True, max_tokens=8)
+    assert other.server is server
+    llm.close()
+    assert not _alive(pid) and server.proc is None
+    # a request after close starts it again (as after a restore: the process does not travel)
+    assert other.propose("prompt:", n=1) and other.server.proc is not None and other.server.proc.pid != pid
+    other.close()
+
+
+def test_a_killed_driver_leaves_no_server_behind(tmp_path):
+    """The driver is killed (no atexit runs): the kernel ends its server (PR_SET_PDEATHSIG)."""
+    script = tmp_path / "driver.py"
+    script.write_text(
+        "import sys, time\n"
+        "from ray_llm_search.llm import LlamaServer, smollm2_gguf\n"
+        "s = LlamaServer(smollm2_gguf()).start()\n"
+        "print(s.proc.pid, flush=True)\n"
+        "time.sleep(600)\n")
+    driver = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        pid = int(driver.stdout.readline())
+        assert _alive(pid)
+    finally:
+        driver.kill()
+        driver.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _alive(pid), "the server outlived its killed driver"
+
+
+def test_a_server_that_cannot_start_says_why(tmp_path):
+    from ray_llm_search.llm import LlamaServer, LLMError
+
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"GGUF not really a model")
+    with pytest.raises(LLMError, match="server exited"):
+        LlamaServer(str(bad), start_timeout_s=60).start()
+    with pytest.raises(FileNotFoundError):
+        LlamaServer(str(tmp_path / "missing.gguf"))
+
+
+def test_the_stronger_offline_mentor_answers_on_task(tmp_path):
+    """The real Qwen2.5-Coder-1.5B (joined from its parts, which the test command installs) behind llama.cpp's
+    server, asked through OpenAIChat with the chat meta-prompt a search builds: it replies with parseable
+    prompts (sampled at 0.8; 2 of 3 seeds are enough, a reply may be chatter)."""
+    from ray_llm_search.llm import LlamaCppChat
+    from ray_llm_search.mentor import Mentor
+    from ray_llm_search.pool import Evaluation
+
+    mentor = Mentor("Classify the sentiment of a movie review as positive or negative. The prompt is placed before "
+                    "the review.", "val_acc", max_words=12)
+    meta = mentor.build_scored([Evaluation(0, "the reviewer thinks the film is", 0.67, 0.56),
+                                Evaluation(0, "this movie review is", 0.74, 0.53)], n=5, style="chat")
+    llm = LlamaCppChat(seed=0, max_tokens=160)
+    try:
+        parsed = [mentor.parse(llm.propose(meta, 5), 5).candidates for _ in range(3)]
+    finally:
+        llm.close()
+    assert sum(len(c) >= 2 for c in parsed) >= 2, parsed
+    assert llm.usage["calls"] == 3 and not llm.faults

@@ -184,6 +184,9 @@ def test_constructor_rejects_bad_args(kwargs, match):
         ("a) lettered item text", "lettered item text"),
         ("### 2. heading numbered", "heading numbered"),
         ("1. topic of article (score: 0.91)", "topic of article"),
+        # Qwen2.5-Coder-1.5B copies the meta-prompt's scores after its prompts (mentor_quality, SST-2 seed 1)
+        ('3. "this movie is" loss 0.621, val_acc 0.598', "this movie is"),
+        ('"the reviewer feels the film is" (loss 0.605; val_acc 0.579).', "the reviewer feels the film is"),
         ('  "prompt": "json valued prompt",', "json valued prompt"),
         ('    "json array item",', "json array item"),
         ("1.5 million readers chose", "1.5 million readers chose"),

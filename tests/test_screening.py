@@ -442,7 +442,7 @@ class ToyEach(Toy):
 
 
 @pytest.mark.parametrize("name", ["chains-paired", "chains-screened", "late-mix", "authors", "authors-faithful", "authors-paired",
-                                  "restarts"])
+                                  "text-first", "restarts"])
 def test_every_preset_spends_the_budget_of_gradient_chains(tmp_path, name):
     from ray_llm_search import presets
 
@@ -459,8 +459,30 @@ def test_every_preset_spends_the_budget_of_gradient_chains(tmp_path, name):
     evaluations = sum(max(r["evaluations"] for r in rows if r["trial_id"] == t) for t in trials)
     assert (steps, evaluations) == (want["gradient_steps"], want["evaluations"]) == (12, 18)
     assert len(trials) == search.total_trials
-    if name.startswith("authors"):
+    if name.startswith("authors") or name == "text-first":
         assert {r["config"]["prompt_init"] for r in rows if r["config"]["generation"] == 0} == {"bad start"}
+
+
+def test_text_first_screens_text_against_text_then_descends_once_from_the_best(tmp_path):
+    """The rounds take no step: each candidate is scored as text against the best text so far (never against
+    descended vectors), the mentor is shown texts with their own scores, and one chain then spends every step."""
+    from ray_llm_search import presets
+
+    llm = Scripted(["junk", "xq zz", "qq qq", "zz xq", "qq xq", "xx yy", "yy zz"])
+    search = LLMSearch.from_preset(llm, "toy task", ["bad start", "junk words"], "text-first", steps=2,
+                                   eval_every=1, population=2, generations=3, metric="val_acc", mode="max",
+                                   log_dir=str(tmp_path))
+    rows = drive(search, base={"steps": 2, "eval_every": 1}, model=ToyEach)
+    schedule = presets.text_first_schedule(2, 3, 2, 1)
+    assert [g["steps"] for g in schedule] == [0, 0, 0, 0, 12] and sum(g.get("screen", 0) for g in schedule) == 5
+    by_gen = {g: [r for r in rows if r["config"]["generation"] == g] for g in range(5)}
+    for g in range(4):  # no gradient step before the descent, and no projection scored (a start is its own text)
+        assert max(r["step"] for r in by_gen[g]) == 0
+        assert not any(r.get("projection") for r in by_gen[g])
+    assert max(r["step"] for r in by_gen[4]) == 12
+    # the mentor saw texts with their scores as text, never a step of descent
+    assert all("step " not in p for p in llm.prompts) and "\"bad start\"" in llm.prompts[0]
+    assert len(llm.prompts) == 3
 
 
 def test_preset_names_and_numbers_are_checked():

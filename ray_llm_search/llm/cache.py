@@ -72,6 +72,9 @@ class CachedLLM(LLM):
         numerics = getattr(self.llm, "numerics", None)
         if callable(numerics):  # a local model's precision; float32's {} keeps the keys of caches written before
             settings.update(numerics())
+        own = getattr(self.llm, "cache_settings", None)
+        if callable(own):  # a client's own account of what changes its answers (a served model: not its port)
+            settings.update(own())
         material = json.dumps({"class": type(self.llm).__name__, "settings": settings, "meta_prompt": meta_prompt,
                                "n": n, "occurrence": occurrence}, sort_keys=True, default=str)
         return hashlib.sha256(material.encode("utf-8")).hexdigest()

@@ -25,6 +25,8 @@ class OpenAIChat(LLM):
         retries: further attempts after a failed one; waits grow as ``backoff_s * 2**attempt``
             (with jitter, capped at ``max_backoff_s``), or follow the server's ``Retry-After``.
         style: ``"chat"`` (default) or ``"completion"`` meta-prompts.
+        seed: sent with each request where not ``None`` (OpenAI's and llama.cpp's servers sample reproducibly
+            with it); each request of a run gets ``seed + its number``, so that repeated rounds differ.
 
     Example:
         >>> llm = OpenAIChat("Qwen2.5-7B-Instruct", base_url="http://127.0.0.1:8000/v1", api_key_env=None)
@@ -42,6 +44,7 @@ class OpenAIChat(LLM):
         backoff_s: float = 1.0,
         max_backoff_s: float = 30.0,
         style: str = "chat",
+        seed: int | None = None,
     ) -> None:
         super().__init__()
         if not model or not isinstance(model, str):
@@ -69,6 +72,7 @@ class OpenAIChat(LLM):
         self.model, self.base_url, self.api_key_env = model, base_url, api_key_env  # the endpoint
         self.temperature, self.max_tokens, self.style = temperature, max_tokens, style  # what is asked
         self.timeout_s, self.retries, self.backoff_s, self.max_backoff_s = timeout_s, retries, backoff_s, max_backoff_s
+        self.seed = seed
         self._client = None
 
     def _transient(self) -> tuple[str, ...]:
@@ -96,11 +100,13 @@ class OpenAIChat(LLM):
             wait = None
             try:
                 self._count(self.usage, calls=1)
+                seed = None if self.seed is None else self.seed + self.usage["calls"] - 1
                 response = client.chat.completions.create(
                     model=self.model,
                     messages=[{"role": "user", "content": meta_prompt}],
                     temperature=self.temperature,
                     max_tokens=self.max_tokens,
+                    **({} if seed is None else {"seed": seed}),
                 )
                 if isinstance(response, str) or not getattr(response, "choices", None):
                     raise LLMError("bad_response", f"reply has no choices: {str(response)[:200]!r}")
