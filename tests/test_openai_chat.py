@@ -311,7 +311,11 @@ def test_make_llm_builds_the_client_the_flags_name(monkeypatch):
         make_llm("openai", "m", api_key_env="RLS_TEST_UNSET_KEY")
     local = make_llm("local", seed=3, load=False, max_new_tokens=24)
     assert isinstance(local, LocalLLM) and (local.seed, local.max_new_tokens, local._model) == (3, 24, None)
-    with pytest.raises(ValueError, match=r"LLM kind must be one of \('local', 'openai'\), got 'vllm'"):
+    served = make_llm("llama-cpp", seed=5, load=False, threads=2)  # nothing started before load()
+    assert isinstance(served, OpenAIChat) and (served.source, served.threads, served.seed, served.server) == (
+        "qwen2.5-coder-1.5b", 2, 5, None)
+    assert served.style == "chat" and served.temperature == 0.8 and served.api_key_env is None
+    with pytest.raises(ValueError, match=r"LLM kind must be one of \('local', 'openai', 'llama-cpp'\), got 'vllm'"):
         make_llm("vllm")
 
 
