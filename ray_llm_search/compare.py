@@ -1120,14 +1120,26 @@ def _run_units(args, units: list[tuple[str, int, str]], results: dict, results_p
             for future in concurrent.futures.as_completed(futures):
                 keep(future.result())
     else:
-        for dataset, seed, arm in units:
-            keep(run_arm(args, dataset, seed, arm, storage, llm_factory))
+        # inline runs compute with one torch thread whatever --jobs is: a thread count changes floating point,
+        # and runs recorded with --jobs 2 must pair with runs made one at a time
+        threads = _one_thread() if args.backend == "inline" else None
+        try:
+            for dataset, seed, arm in units:
+                keep(run_arm(args, dataset, seed, arm, storage, llm_factory))
+        finally:
+            if threads is not None:
+                import torch
+
+                torch.set_num_threads(threads)
 
 
-def _one_thread() -> None:
+def _one_thread() -> int:
+    """One torch thread in this process; returns the count it had."""
     import torch
 
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    return threads
 
 
 if __name__ == "__main__":
