@@ -861,7 +861,10 @@ def write_plots(results: dict, out: str) -> list[str]:
               "screened-perturb": "tab:purple", "late-mix": "tab:brown", "late-mix-perturb": "tab:gray",
               "perturb+gradient": "tab:olive", "authors": "tab:cyan", "authors-perturb": "tab:pink",
               "screened-paired": "darkred", "screened-perturb-paired": "indigo", "late-text": "goldenrod",
-              "authors-faithful": "teal", "authors-paired": "navy", "authors-perturb-paired": "salmon"}
+              "authors-faithful": "teal", "authors-paired": "navy", "authors-perturb-paired": "salmon",
+              "text-first": "darkgreen", "text-first-perturb": "lightgreen"}
+    if set(ARMS) - set(colors):
+        raise RuntimeError(f"compare.write_plots: no colour for {sorted(set(ARMS) - set(colors))}")
     for dataset in sorted({r["dataset"] for r in results["runs"]}):
         runs = [r for r in results["runs"] if r["dataset"] == dataset]
         fig, axes = plt.subplots(1, 2, figsize=(11, 4))
