@@ -116,3 +116,42 @@ def test_search_on_object_storage_resumes_every_elite_from_its_exact_vectors(s3,
     assert best["vectors_path"].startswith("s3://")
     saved = load_vectors(best["vectors_path"], storage_phase.ToyHeadModel().identity())
     assert saved["prompt"].shape == (2, 4) and saved["extra"]["head"].shape == (4,)
+
+
+@pytest.mark.slow
+def test_with_a_local_storage_path_the_vectors_stay_in_log_dir(tmp_path):
+    """One machine, as before this change: Tune's storage is a local path, so the phases keep their vectors in
+    the searcher's ``<log_dir>/vectors`` and the elites resume from those files, exactly."""
+    from ray import tune
+
+    from ray_llm_search import LLMSearch
+    from ray_llm_search.testing import ScriptedLLM
+
+    if ray.is_initialized():
+        ray.shutdown()
+    path = os.pathsep.join(p for p in (SCRIPTS, os.environ.get("PYTHONPATH")) if p)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
+    try:
+        log_dir = tmp_path / "log"
+        search = LLMSearch(ScriptedLLM(words="a new start"), "Toy task.", ["seed one", "seed two"], metric="val_acc",
+                           mode="max", population=2, generations=2, elites=1, log_dir=str(log_dir))
+        results: dict[str, list] = {}
+
+        class Keep(tune.Callback):
+            def on_trial_result(self, iteration, trials, trial, result, **info):
+                results.setdefault(trial.trial_id, []).append(dict(result))
+
+        analysis = tune.run(storage_phase.toy_phase, name="local", storage_path=str(tmp_path / "storage"),
+                            config={"steps": 4, "eval_every": 2}, search_alg=search, num_samples=search.total_trials,
+                            resources_per_trial={"cpu": 1}, callbacks=[Keep()], raise_on_failed_trial=False,
+                            verbose=0)
+    finally:
+        ray.shutdown()
+    assert all(t.status == "TERMINATED" for t in analysis.trials)
+    for t in search.trajectories:
+        assert t.vectors_path == str(log_dir / "vectors" / f"{t.trial_id}.pt") and os.path.isfile(t.vectors_path)
+    pairs = storage_phase.elites_and_parents(storage_phase.trajectories(search))
+    assert len(pairs) == 1
+    for elite, parent in pairs:
+        start = next(r for r in results[elite["trial_id"]] if r["step"] == 0 and not r.get("screen"))
+        assert (start["val_acc"], start["loss"]) == storage_phase.phase_best(parent)
