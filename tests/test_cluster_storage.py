@@ -15,11 +15,15 @@ PID; never ``ray stop --force``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
+import time
 
 import pytest
 
@@ -54,12 +58,11 @@ def s3(tmp_path):
         yield server
 
 
-@pytest.fixture
-def private_cluster(tmp_path):
-    """A head (``side0``) and a second node (``side1``) on 127.0.0.1, 2 CPUs each; the second node sees an empty
-    tmpfs at ``tmp_path/driver_local``. Yields the GCS address, the env and the driver's local folder."""
-    if not _can_unshare():
-        pytest.skip("needs unshare --mount (root or user namespaces) to give the second node folders of its own")
+@contextlib.contextmanager
+def _private_cluster(tmp_path, cpus: int):
+    """A head (``side0``) and a second node (``side1``), ``cpus`` CPUs each; the second node sees an empty
+    tmpfs at ``tmp_path/driver_local``. Yields the GCS address, the env, the driver's local folder and the
+    cluster's temp dir."""
     driver_local = tmp_path / "driver_local"
     driver_local.mkdir()
     temp_dir = tempfile.mkdtemp(prefix="rlcs_", dir="/tmp")
@@ -69,13 +72,13 @@ def private_cluster(tmp_path):
     env = {**_env(token_path), **storage_phase.CREDENTIALS}
     (gcs, client, head_agent, head_agent_grpc, head_rt_agent, head_metrics,
      node_agent, node_agent_grpc, node_rt_agent, node_metrics) = _free_ports(10)
-    common = ["--num-cpus=2", "--disable-usage-stats"]  # the machine's own IP: ray.init resolves 127.0.0.1 to it
+    common = [f"--num-cpus={cpus}", "--disable-usage-stats"]  # the machine's own IP: ray.init resolves 127.0.0.1 to it
     head = [_ray_cli(), "start", "--head", f"--port={gcs}", *common, "--include-dashboard=false",
-            f"--ray-client-server-port={client}", '--resources={"side0": 2}',
+            f"--ray-client-server-port={client}", f'--resources={{"side0": {cpus}}}',
             f"--dashboard-agent-listen-port={head_agent}", f"--dashboard-agent-grpc-port={head_agent_grpc}",
             f"--runtime-env-agent-port={head_rt_agent}", f"--metrics-export-port={head_metrics}",
             f"--temp-dir={os.path.join(temp_dir, 'head')}"]
-    worker = [_ray_cli(), "start", f"--address=127.0.0.1:{gcs}", *common, '--resources={"side1": 2}',
+    worker = [_ray_cli(), "start", f"--address=127.0.0.1:{gcs}", *common, f'--resources={{"side1": {cpus}}}',
               f"--dashboard-agent-listen-port={node_agent}", f"--dashboard-agent-grpc-port={node_agent_grpc}",
               f"--runtime-env-agent-port={node_rt_agent}", f"--metrics-export-port={node_metrics}",
               f"--temp-dir={os.path.join(temp_dir, 'node')}"]
@@ -90,6 +93,14 @@ def private_cluster(tmp_path):
     finally:
         _stop_cluster(temp_dir)
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def private_cluster(tmp_path):
+    if not _can_unshare():
+        pytest.skip("needs unshare --mount (root or user namespaces) to give the second node folders of its own")
+    with _private_cluster(tmp_path, cpus=2) as cluster:
+        yield cluster
 
 
 def test_elites_resume_exactly_across_nodes_without_a_shared_folder(private_cluster, s3, tmp_path):
@@ -122,3 +133,73 @@ def test_elites_resume_exactly_across_nodes_without_a_shared_folder(private_clus
     with open(log_dir / "best.json") as f:
         assert json.load(f)["vectors_path"].startswith("s3://")
     print(f"search on two nodes with s3 storage: {out['wall_s']}s")
+
+
+def _raylet_pid(temp_dir: str) -> int:
+    """The PID of the raylet whose command line names ``temp_dir`` (one node's own temp dir)."""
+    import psutil
+
+    found = [p.pid for p in psutil.process_iter(["name", "cmdline"])
+             if "raylet" in (p.info["name"] or "") and temp_dir in " ".join(p.info["cmdline"] or [])]
+    assert len(found) == 1, found
+    return found[0]
+
+
+def test_a_node_lost_mid_search_is_retried_on_the_other_from_its_checkpoint(tmp_path, s3):
+    """1 CPU a node, so generation 0's two phases run one on each node; once both have reported a checkpoint,
+    the second node's raylet is killed (SIGKILL, by PID). Tune (``max_failures=2``) restarts that trial on the
+    head from its last checkpoint in the bucket; every generation completes once, the mentor is asked once per
+    round, and best.json is written."""
+    if not _can_unshare():
+        pytest.skip("needs unshare --mount (root or user namespaces) to give the second node folders of its own")
+    with _private_cluster(tmp_path, cpus=1) as cluster:
+        driver_local = cluster["driver_local"]
+        marker = driver_local / "only_the_driver_node_sees_this"
+        marker.write_text("x")
+        log_dir, out_path = driver_local / "llm_search", tmp_path / "out.json"
+        env = {k: v for k, v in cluster["env"].items() if not k.startswith("RAY_ADDRESS")}
+        raylet = _raylet_pid(os.path.join(cluster["temp_dir"], "node"))
+        stdout, stderr = open(tmp_path / "driver.out", "w"), open(tmp_path / "driver.err", "w")
+        proc = subprocess.Popen([sys.executable, os.path.join(SCRIPTS, "storage_driver.py"), "--address",
+                                 cluster["address"], "--storage", s3.uri("results"), "--log-dir", str(log_dir),
+                                 "--marker", str(marker), "--out", str(out_path), "--name", "node_loss",
+                                 "--placement", "free", "--max-failures", "2", "--step-sleep-s", "1.0"],
+                                env=env, stdout=stdout, stderr=stderr)
+        try:
+            deadline = time.monotonic() + DRIVER_TIMEOUT_S
+            while True:  # both of generation 0's phases have a checkpoint in the bucket
+                folders = {k.split("/")[3] for k in s3.keys("results/node_loss") if "/checkpoint_000001/" in k}
+                if len(folders) >= 2:
+                    break
+                assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "driver.err").read_text()[-3000:]
+                time.sleep(0.2)
+            os.kill(raylet, signal.SIGKILL)
+            killed_at = time.monotonic()
+            proc.wait(DRIVER_TIMEOUT_S)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+            stdout.close()
+            stderr.close()
+        assert proc.returncode == 0, (tmp_path / "driver.err").read_text()[-4000:]
+    with open(out_path) as f:
+        out = json.load(f)
+    assert out["records"] == 3 and set(out["trials"].values()) == {"TERMINATED"}, out["trials"]
+    assert out["llm_calls"] == 2  # one LLM round per generation after the first, none asked twice
+    with open(log_dir / "generations.jsonl") as f:
+        assert sorted(json.loads(line)["generation"] for line in f) == [0, 1, 2]
+    with open(log_dir / "best.json") as f:
+        assert json.load(f)["vectors_path"].startswith("s3://")
+    lost = [n for n, side in out["nodes"].items() if side == "side1"]
+    moved = [rows for rows in out["results"].values() if rows[0]["node_id"] in lost and rows[-1]["node_id"] not in lost]
+    assert len(moved) == 1, {t: [(r["step"], out["nodes"].get(r["node_id"])) for r in rows]
+                             for t, rows in out["results"].items()}
+    rows = moved[0]
+    after = [r for r in rows if r["node_id"] not in lost]
+    before = [r for r in rows if r["node_id"] in lost]
+    # restarted from its last checkpoint, not from step 0: it goes on after the last step it reported there
+    assert after[0]["step"] > 0 and after[0]["step"] <= before[-1]["step"] + 2, [(r["step"], r["node_id"]) for r in rows]
+    assert rows[-1]["step"] == 6
+    storage_phase.check_exact_resumes(out["trajectories"], out["results"], elites_expected=2)
+    print(f"node lost; search finished {time.monotonic() - killed_at:.1f}s later (wall {out['wall_s']}s)")

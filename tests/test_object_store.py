@@ -155,3 +155,55 @@ def test_with_a_local_storage_path_the_vectors_stay_in_log_dir(tmp_path):
     for elite, parent in pairs:
         start = next(r for r in results[elite["trial_id"]] if r["step"] == 0 and not r.get("screen"))
         assert (start["val_acc"], start["loss"]) == storage_phase.phase_best(parent)
+
+
+@pytest.mark.slow
+def test_tuner_restore_from_object_storage_after_the_driver_is_killed(s3, tmp_path):
+    """``tests/test_resume.py``'s ``Tuner`` case with ``storage_path`` on the object store: the driver is SIGKILLed
+    in generation 1 and the experiment restored from its ``s3://`` folder (``Tuner.restore``): every generation
+    recorded once, the LLM asked once per round (the killed driver's answer replayed from the journal), every
+    trial terminated, best.json written."""
+    import signal
+    import subprocess
+    import time
+
+    import rls_helpers as helpers
+    from ray import tune
+
+    if ray.is_initialized():
+        ray.shutdown()
+    path = os.pathsep.join(p for p in (SCRIPTS, os.environ.get("PYTHONPATH")) if p)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": path, **storage_phase.CREDENTIALS}})
+    try:
+        address = ray.get_runtime_context().gcs_address
+        log_dir, calls = tmp_path / "log", tmp_path / "llm_calls.jsonl"
+        storage = s3.uri("results")
+        with open(tmp_path / "driver.err", "w") as stderr:
+            proc = subprocess.Popen(
+                [sys.executable, os.path.join(SCRIPTS, "resume_driver.py"), "--address", address, "--api", "tuner",
+                 "--storage", storage, "--name", "resume_s3", "--log-dir", str(log_dir), "--calls", str(calls)],
+                stdout=subprocess.PIPE, stderr=stderr, text=True, start_new_session=True,
+                env={**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "3600"})
+            try:
+                deadline = time.monotonic() + 300
+                while not (helpers.generation_records(log_dir) and helpers.llm_calls(str(calls))):
+                    assert proc.poll() is None, (tmp_path / "driver.err").read_text()[-3000:]
+                    assert time.monotonic() < deadline, "generation 0 never completed"
+                    time.sleep(0.05)
+                time.sleep(0.5)  # generation 1's phases are running now
+                assert proc.poll() is None, "the driver finished before it could be killed mid-run"
+            finally:
+                os.killpg(proc.pid, signal.SIGKILL)  # the driver's whole process group: this test started it
+                proc.wait(timeout=30)
+        assert len(helpers.generation_records(log_dir)) < 3
+        tuner = tune.Tuner.restore(s3.uri("results/resume_s3"), trainable=helpers.trivial_phase, resume_errored=True)
+        results = tuner.fit()
+    finally:
+        ray.shutdown()
+    assert not results.errors and len(results) == 6 and results.num_terminated == 6
+    assert [r["generation"] for r in helpers.generation_records(log_dir)] == [0, 1, 2]
+    llm_calls = helpers.llm_calls(str(calls))
+    assert len(llm_calls) == 2 and llm_calls[0]["pid"] == proc.pid and llm_calls[1]["pid"] == os.getpid()
+    assert os.path.isfile(log_dir / "best.json")
+    assert any("/resume_s3/" in k and "/checkpoint_" in k for k in s3.keys("results/resume_s3"))

@@ -22,6 +22,10 @@ def main() -> None:
     p.add_argument("--log-dir", required=True)
     p.add_argument("--marker", required=True)
     p.add_argument("--out", required=True)
+    p.add_argument("--name", default="cluster_s3")
+    p.add_argument("--placement", choices=["sides", "free"], default="sides")
+    p.add_argument("--max-failures", type=int, default=0)
+    p.add_argument("--step-sleep-s", type=float, default=0.0)
     args = p.parse_args()
 
     import ray
@@ -49,11 +53,15 @@ def main() -> None:
     # even generations on side0 (the head), odd ones on side1: every elite runs on the other node than its parent
     trainable = tune.with_resources(storage_phase.toy_phase, lambda config: tune.PlacementGroupFactory(
         [{"CPU": 1, f"side{int(config.get('generation', 0)) % 2}": 1}]))
+    if args.placement == "free":
+        trainable = tune.with_resources(storage_phase.toy_phase, {"cpu": 1})
     started = time.monotonic()
-    analysis = tune.run(trainable, name="cluster_s3", storage_path=args.storage,
-                        config={"steps": 6, "eval_every": 2, "marker_path": args.marker}, search_alg=search,
-                        num_samples=search.total_trials, callbacks=[Keep()], raise_on_failed_trial=False, verbose=0)
-    out = {"wall_s": round(time.monotonic() - started, 1), "nodes": nodes,
+    analysis = tune.run(trainable, name=args.name, storage_path=args.storage,
+                        config={"steps": 6, "eval_every": 2, "marker_path": args.marker,
+                                "step_sleep_s": args.step_sleep_s},
+                        search_alg=search, num_samples=search.total_trials, callbacks=[Keep()],
+                        max_failures=args.max_failures, raise_on_failed_trial=False, verbose=0)
+    out = {"wall_s": round(time.monotonic() - started, 1), "nodes": nodes, "llm_calls": search.llm.calls,
            "trajectories": storage_phase.trajectories(search), "results": results, "records": len(search.records),
            "trials": {t.trial_id: t.status for t in analysis.trials},
            "errors": [open(t.error_file).read()[-3000:] for t in analysis.trials

@@ -153,6 +153,10 @@ def toy_phase(config: dict) -> None:
     try:
         node = ray.get_runtime_context().get_node_id()
         model = ToyHeadModel()
+        pause = float(config.get("step_sleep_s", 0.0))
+        if pause:  # a slower phase, for a test that acts while it runs
+            loss = model.loss
+            model.loss = lambda vectors, batch: (time.sleep(pause), loss(vectors, batch))[1]
         train, val = [("t", i) for i in range(8)], [("v", i) for i in range(40)]
         config = {"lr": 0.05, **config}
         time.sleep(float(config.get("sleep_s", 0.0)))
