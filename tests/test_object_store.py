@@ -43,6 +43,19 @@ def test_join_location_keeps_the_query_of_a_uri():
     assert join_location("/tmp/v", "t.pt") == "/tmp/v/t.pt"
 
 
+def test_vector_location_moves_a_local_vector_dir_to_remote_tune_storage_only(monkeypatch):
+    from trainables import phase
+
+    remote = "s3://b/exp/trial?endpoint_override=h:1"
+    monkeypatch.setattr(phase, "_tune_storage_folder", lambda: remote)
+    assert phase.vector_location("/driver/log/vectors", in_tune=True) == "s3://b/exp/trial/vectors?endpoint_override=h:1"
+    assert phase.vector_location("/driver/log/vectors", in_tune=False) == "/driver/log/vectors"  # outside Tune
+    assert phase.vector_location("gs://mine/vectors", in_tune=True) == "gs://mine/vectors"  # a URI is kept
+    assert phase.vector_location(None, in_tune=True) is None  # no vector_dir: nothing saved, as before
+    monkeypatch.setattr(phase, "_tune_storage_folder", lambda: None)  # Tune's storage is a local path
+    assert phase.vector_location("/driver/log/vectors", in_tune=True) == "/driver/log/vectors"
+
+
 def test_vectors_round_trip_through_s3(s3):
     prompt, head = torch.randn(8, 384), {"head": torch.randn(384, 5)}
     uri = join_location(s3.uri("unit/vectors"), "t1.pt")

@@ -652,8 +652,8 @@ def vector_location(vector_dir: str | None, in_tune: bool) -> str | None:
     storage (``storage_path``) is not the local filesystem (``s3://``, ``gs://``, any pyarrow filesystem) and
     ``vector_dir`` is a local path: a node-local folder the next generation's elites may not see (a cluster
     without a shared disk), so the files go to ``vectors/`` in this trial's folder of Tune's storage instead,
-    which every node reaches. A ``vector_dir`` that is itself a URI is kept."""
-    if not in_tune or is_uri(vector_dir):
+    which every node reaches. A ``vector_dir`` that is itself a URI is kept; without one nothing is saved."""
+    if not in_tune or not vector_dir or is_uri(vector_dir):
         return vector_dir
     remote = _tune_storage_folder()
     return join_location(remote, "vectors") if remote is not None else vector_dir
