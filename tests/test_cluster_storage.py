@@ -146,8 +146,8 @@ def _raylet_pid(temp_dir: str) -> int:
 
 
 def test_a_node_lost_mid_search_is_retried_on_the_other_from_its_checkpoint(tmp_path, s3):
-    """1 CPU a node, so generation 0's two phases run one on each node; once both have reported a checkpoint,
-    the second node's raylet is killed (SIGKILL, by PID). Tune (``max_failures=2``) restarts that trial on the
+    """1 CPU a node, so generation 0's two phases run one on each node; once both have reported their start with
+    its checkpoint (6 steps of 1 s still to go), the second node's raylet is killed (SIGKILL, by PID). Tune (``max_failures=2``) restarts that trial on the
     head from its last checkpoint in the bucket; every generation completes once, the mentor is asked once per
     round, and best.json is written."""
     if not _can_unshare():
@@ -167,8 +167,8 @@ def test_a_node_lost_mid_search_is_retried_on_the_other_from_its_checkpoint(tmp_
                                 env=env, stdout=stdout, stderr=stderr)
         try:
             deadline = time.monotonic() + DRIVER_TIMEOUT_S
-            while True:  # both of generation 0's phases have a checkpoint in the bucket
-                folders = {k.split("/")[3] for k in s3.keys("results/node_loss") if "/checkpoint_000001/" in k}
+            while True:  # both of generation 0's phases have reported their start (and its checkpoint)
+                folders = {k.split("/")[3] for k in s3.keys("results/node_loss") if "/checkpoint_000000/" in k}
                 if len(folders) >= 2:
                     break
                 assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "driver.err").read_text()[-3000:]
@@ -198,7 +198,8 @@ def test_a_node_lost_mid_search_is_retried_on_the_other_from_its_checkpoint(tmp_
     rows = moved[0]
     after = [r for r in rows if r["node_id"] not in lost]
     before = [r for r in rows if r["node_id"] in lost]
-    # restarted from its last checkpoint, not from step 0: it goes on after the last step it reported there
+    # restarted from its last checkpoint, not from scratch: it goes on after the last step it reported there (a
+    # restarted phase reports no step 0)
     assert after[0]["step"] > 0 and after[0]["step"] <= before[-1]["step"] + 2, [(r["step"], r["node_id"]) for r in rows]
     assert rows[-1]["step"] == 6
     storage_phase.check_exact_resumes(out["trajectories"], out["results"], elites_expected=2)
