@@ -10,11 +10,11 @@ Tune spreads the trials (gradient phases) over every node. Run by hand against a
 probe`` is a trainable that only reports the contract keys plus the node, process and host it ran on, and
 ``--llm scripted`` a mentor that answers at once: together they check a cluster's plumbing in seconds.
 
-``--storage`` is Tune's ``storage_path``: on several nodes a shared filesystem path or a cloud URI
-(``s3://bucket/prefix``, ``gs://...``). ``--log-dir`` is ``LLMSearch``'s ``log_dir`` (generation summaries,
-``best.json``, TensorBoard, and the elites' prompt vectors): it must be a path every node sees, so that an
-elite scheduled on another node resumes from its exact vectors (otherwise it restarts from its projected
-text). By default it is the experiment folder under ``--storage`` when that is a path.
+``--storage`` is Tune's ``storage_path``: on several nodes a cloud URI (``s3://bucket/prefix``, ``gs://...``) or a
+shared filesystem path. ``--log-dir`` is ``LLMSearch``'s ``log_dir`` (generation summaries, ``best.json``,
+TensorBoard, the LLM journal), a folder of the driver's. With a URI the phases keep their prompt vectors in their
+trial folders under it, which every node reads; with a shared path they keep them in ``<log-dir>/vectors``, so
+``--log-dir`` must then be on the shared mount: by default it is the experiment folder under ``--storage``.
 """
 
 from __future__ import annotations
@@ -66,7 +66,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--gpus-per-trial", type=float, default=0.0)
     p.add_argument("--storage", default=os.path.expanduser("~/ray_results"),
                    help="Tune's storage_path: a shared path or a cloud URI (s3://..., gs://...)")
-    p.add_argument("--log-dir", default=None, help="LLMSearch's log_dir; must be a path every node sees")
+    p.add_argument("--log-dir", default=None, help="LLMSearch's log_dir, the driver's folder (on the shared mount "
+                   "where --storage is a path)")
     p.add_argument("--name", default=None)
     p.add_argument("--summary", default=None, help="also write the run's summary JSON here")
     return p.parse_args(argv)
@@ -92,8 +93,8 @@ def main(argv=None) -> dict:
         log_dir = os.path.join(storage, name)  # the experiment folder: Tune's curves and ours side by side
     else:
         log_dir = os.path.expanduser(f"~/ray_results/llm_search/{name}")
-        print(f"warning: --storage is a URI and --log-dir is not set; LLMSearch logs to {log_dir} on the head "
-              "node only, so elites on other nodes restart from their projected text", flush=True)
+        print(f"LLMSearch's records go to {log_dir} on the driver's node; the phases' vectors to their trial "
+              f"folders under {storage}", flush=True)
 
     if args.trainable == "probe":
         trainable = probe_trainable

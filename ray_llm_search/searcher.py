@@ -58,9 +58,12 @@ class LLMSearch(Searcher):
         candidates_per_round: prompts asked of the LLM; default ``population - elites``.
         max_prompt_words: longer LLM candidates are rejected.
         seed: seeds phase RNGs and the order of pool fill-ins.
-        log_dir: where generation summaries, TensorBoard events, ``best.json`` and the prompt vectors go;
-            default ``~/ray_results/llm_search/<UTC time>``. On a multi-node cluster it must be a path all
-            nodes share, like Tune's ``storage_path``.
+        log_dir: where generation summaries, TensorBoard events, ``best.json``, the LLM journal and (where Tune's
+            storage is a local path) the prompt vectors go; default ``~/ray_results/llm_search/<UTC time>``. A
+            local path of the driver's: with ``storage_path`` on object storage (``s3://``, ``gs://``) each phase
+            keeps its vectors in its trial's folder there (``trainables.phase.vector_location``), and an elite
+            resumes from that URI on any node; with a local ``storage_path`` on several nodes (a shared mount),
+            put ``log_dir`` on that mount too.
         llm_timeout_s: a round that takes longer (all its asks together) is abandoned and filled from the pool.
         llm_reasks: when a reply holds no usable prompt (empty, chatter, overlong, or only prompts already
             tried), ask again up to this many times, after 1 s, 2 s, ... (``rounds.REASK_BACKOFF_S``), within
@@ -574,8 +577,9 @@ class LLMSearch(Searcher):
                 continue
             chosen.add(trajectory.lineage)
             best = trajectory.best(self._mode)
-            # A vectors_path is not checked here: the driver may not see a worker's disk. The phase that cannot
-            # read it (missing, foreign, another model's) starts from this text instead (trainables.phase).
+            # A vectors_path (a local path, or a URI in the trial's folder of Tune's storage) is not checked here:
+            # the driver may not see a worker's disk. The phase that cannot read it (missing, foreign, another
+            # model's) logs "cannot resume" and starts from this text instead (trainables.phase).
             spec = self._spec(best.text or trajectory.adopted or trajectory.prompt_init, generation, "elite",
                               resume_from=trajectory.vectors_path, lineage=trajectory.lineage)
             if trajectory.hyperparameters:
@@ -981,8 +985,8 @@ def _check_arguments(a: dict) -> dict:
     log_dir = a["log_dir"]
     if log_dir is not None and (not isinstance(log_dir, str) or "://" in log_dir):
         raise ValueError(
-            f"log_dir must be a filesystem path (on a cluster: a shared mount every node sees), got {log_dir!r}; "
-            "a URI such as s3://... belongs in Tune's storage_path"
+            f"log_dir must be a local filesystem path (the driver's), got {log_dir!r}; a URI such as s3://... "
+            "belongs in Tune's storage_path, where the phases then keep their vectors"
         )
     style = a["meta_prompt_style"] or getattr(llm, "style", "chat")
     if style not in ("chat", "completion"):

@@ -61,7 +61,7 @@ SEARCH_ROWS = [
     ("unknown meta_prompt_style", {"meta_prompt_style": "json"},
      "meta_prompt_style must be 'chat' or 'completion', got 'json'"),
     ("llm without propose", {"llm": "gpt-4o-mini"}, "llm must have propose(meta_prompt, n)"),
-    ("log_dir as a URI", {"log_dir": "s3://bucket/prefix"}, "log_dir must be a filesystem path"),
+    ("log_dir as a URI", {"log_dir": "s3://bucket/prefix"}, "log_dir must be a local filesystem path"),
 ]
 
 

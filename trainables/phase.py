@@ -37,6 +37,10 @@ Screened starts (the searcher sets these keys; see ``LLMSearch(screen=...)``):
   just before its final result: the text's own score, which the vectors' score usually overstates, for a
   mentor that is shown texts with what they score as text (``LLMSearch(mentor_scores="text")``). One
   evaluation, counted in ``evaluations``.
+- ``vector_dir``: where the phase keeps its vectors files (``<vector_dir>/<trial_id>.pt``): a local path or a URI
+  on any pyarrow filesystem. Inside Tune with ``storage_path`` on object storage (not the local filesystem), a
+  local ``vector_dir`` is replaced by ``vectors/`` in the trial's own folder there (``vector_location``), so that
+  the files reach storage every node reads; ``vectors_path`` is then a URI that ``load_vectors`` opens anywhere.
 - ``keep_lowest_loss``: besides its best vectors (by accuracy, then loss: what an elite resumes from), the phase
   keeps the vectors of its lowest validation loss in ``<vector_dir>/<trial_id>.loss.pt`` and reports that path
   as ``loss_vectors_path``, for a search whose final prompt is chosen by loss (``LLMSearch(select="loss")``).
@@ -48,6 +52,7 @@ excluded), so that a budget can be counted from what trials report.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import math
 import os
@@ -93,12 +98,74 @@ def _in_tune() -> bool:
         return False
 
 
+def is_uri(path: Any) -> bool:
+    """Whether ``path`` names a location on a pyarrow filesystem by URI (``s3://...``, ``gs://...``) rather
+    than a local path."""
+    return isinstance(path, str) and "://" in path
+
+
+def join_location(base: str, name: str) -> str:
+    """``name`` inside the folder ``base``: a local path, or a URI whose query (``?endpoint_override=...``)
+    stays at its end."""
+    if not is_uri(base):
+        return os.path.join(base, name)
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(base)
+    return urlunsplit(parts._replace(path=parts.path.rstrip("/") + "/" + name))
+
+
+def filesystem_uri(fs, path: str) -> str:
+    """A URI for ``path`` on the pyarrow filesystem ``fs`` that ``pyarrow.fs.FileSystem.from_uri`` opens again on
+    any node: a plain path for the local filesystem; for S3 the endpoint, scheme, region and delayed open the
+    filesystem was made with (never its credentials, which each node takes from its own environment)."""
+    import pyarrow.fs
+
+    if isinstance(fs, pyarrow.fs.LocalFileSystem):
+        return path
+    if isinstance(fs, pyarrow.fs.S3FileSystem):
+        from urllib.parse import urlencode
+
+        options = fs.__reduce__()[1][0]
+        query = {k: options[k] for k in ("endpoint_override", "scheme", "region") if options.get(k)}
+        if options.get("allow_delayed_open"):
+            query["allow_delayed_open"] = "true"
+        if query.get("scheme") == "https":
+            del query["scheme"]
+        return f"s3://{path}" + (f"?{urlencode(query)}" if query else "")
+    if isinstance(fs, pyarrow.fs.GcsFileSystem):
+        return f"gs://{path}"
+    return f"{fs.type_name}://{path}"
+
+
+def _open_uri(uri: str):
+    import pyarrow.fs
+
+    return pyarrow.fs.FileSystem.from_uri(uri)
+
+
 def load_vectors(path: str, identity: dict) -> dict:
-    """A saved vectors file, checked against the model it is loaded into."""
-    if not os.path.isfile(path):
+    """A saved vectors file, checked against the model it is loaded into. ``path`` is a local path or a URI
+    on any pyarrow filesystem (``s3://bucket/...``, ``gs://...``: what a phase run with Tune's storage on object
+    storage reports as its ``vectors_path``)."""
+    source: Any = path
+    if is_uri(path):
+        import pyarrow.fs
+
+        try:
+            fs, fs_path = _open_uri(path)
+            if fs.get_file_info(fs_path).type != pyarrow.fs.FileType.File:
+                raise FileNotFoundError(path)
+            with fs.open_input_stream(fs_path) as f:
+                source = io.BytesIO(f.read())
+        except FileNotFoundError as e:
+            raise ValueError(f"prompt vectors file not found: {path!r}") from e
+        except Exception as e:  # an unreachable store, a bad URI, no credentials
+            raise ValueError(f"cannot read prompt vectors from {path!r}: {e}") from e
+    elif not os.path.isfile(path):
         raise ValueError(f"prompt vectors file not found: {path!r}")
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
+        saved = torch.load(source, map_location="cpu", weights_only=True)
     except Exception as e:  # a truncated or foreign file
         raise ValueError(f"cannot read prompt vectors from {path!r}: {e}") from e
     if not isinstance(saved, dict) or saved.get("format") != VECTORS_FORMAT or "prompt" not in saved:
@@ -111,10 +178,24 @@ def load_vectors(path: str, identity: dict) -> dict:
 
 
 def save_vectors(path: str, prompt: torch.Tensor, extra: dict, identity: dict, **meta: Any) -> None:
+    """Write a vectors file (prompt, the model's extra state such as a trained head, identity, ``meta``) to a
+    local path (atomically: a temporary file renamed) or a URI on any pyarrow filesystem (one object written
+    whole)."""
+    saved = {"format": VECTORS_FORMAT, "prompt": prompt.detach().cpu().clone(), "extra": extra,
+             "identity": identity, **meta}
+    if is_uri(path):
+        buffer = io.BytesIO()
+        torch.save(saved, buffer)
+        fs, fs_path = _open_uri(path)
+        parent = fs_path.rsplit("/", 1)[0]
+        if fs.type_name not in ("s3", "gcs") and parent and parent != fs_path:  # object stores have no folders
+            fs.create_dir(parent, recursive=True)
+        with fs.open_output_stream(fs_path) as f:
+            f.write(buffer.getvalue())
+        return
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
-    torch.save({"format": VECTORS_FORMAT, "prompt": prompt.detach().cpu().clone(), "extra": extra,
-                "identity": identity, **meta}, tmp)
+    torch.save(saved, tmp)
     os.replace(tmp, path)
 
 
@@ -250,9 +331,9 @@ class Phase:
         torch.manual_seed(seed)
         self.rng = random.Random(seed)
         self.identity = model.identity()
-        self.vector_dir = config.get("vector_dir")
-        self.vectors_path = os.path.join(self.vector_dir, f"{self.trial_id}.pt") if self.vector_dir else None
-        self.loss_path = (os.path.join(self.vector_dir, f"{self.trial_id}.loss.pt")
+        self.vector_dir = vector_location(config.get("vector_dir"), self.in_tune)
+        self.vectors_path = join_location(self.vector_dir, f"{self.trial_id}.pt") if self.vector_dir else None
+        self.loss_path = (join_location(self.vector_dir, f"{self.trial_id}.loss.pt")
                           if self.vector_dir and config.get("keep_lowest_loss") else None)
         self.val_key = examples_key(val)
         self.evaluations = 0
@@ -441,7 +522,7 @@ class Phase:
         if self.vectors_path:
             out["vectors_path"] = self.vectors_path
             if self.config.get("keep_all_vectors"):  # for studies of how the final prompt is chosen
-                every = os.path.join(self.vector_dir, f"{self.trial_id}.step{step}.pt")
+                every = join_location(self.vector_dir, f"{self.trial_id}.step{step}.pt")
                 self._save(every, text, val_acc, val_loss, step)
                 out["step_vectors_path"] = every
         return out
@@ -564,6 +645,36 @@ def match_threads() -> int:
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
     return torch.get_num_threads()
+
+
+def vector_location(vector_dir: str | None, in_tune: bool) -> str | None:
+    """Where a phase keeps its vectors files: ``vector_dir`` (the config's), except inside Tune when Tune's
+    storage (``storage_path``) is not the local filesystem (``s3://``, ``gs://``, any pyarrow filesystem) and
+    ``vector_dir`` is a local path: a node-local folder the next generation's elites may not see (a cluster
+    without a shared disk), so the files go to ``vectors/`` in this trial's folder of Tune's storage instead,
+    which every node reaches. A ``vector_dir`` that is itself a URI is kept; without one nothing is saved."""
+    if not in_tune or not vector_dir or is_uri(vector_dir):
+        return vector_dir
+    remote = _tune_storage_folder()
+    return join_location(remote, "vectors") if remote is not None else vector_dir
+
+
+def _tune_storage_folder() -> str | None:
+    """This trial's folder in Tune's storage as a URI, or ``None`` where that storage is the local filesystem
+    (a single machine or a shared mount: ``vector_dir`` is used as given) or cannot be known."""
+    try:
+        import pyarrow.fs
+        from ray import tune
+
+        storage = tune.get_context().get_storage()  # Ray's DeveloperAPI: the StorageContext of this trial
+        fs, folder = storage.storage_filesystem, storage.trial_fs_path
+    except Exception:  # an older or newer Ray without it: keep vector_dir
+        logger.warning("cannot find this trial's folder in Tune's storage; vectors go to the config's vector_dir",
+                       exc_info=True)
+        return None
+    if isinstance(fs, pyarrow.fs.LocalFileSystem):
+        return None
+    return filesystem_uri(fs, folder)
 
 
 def _tune_report(metrics: dict, checkpoint_dir: str | None) -> None:

@@ -48,8 +48,9 @@ def main() -> None:
 
     from ray_llm_search import LLMSearch
 
-    ray.init(address=args.address, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": HERE}})  # workers import rls_helpers
+    # workers import rls_helpers; an object store's endpoint settings and (the tests' dummy) credentials reach them
+    aws = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
+    ray.init(address=args.address, log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": HERE, **aws}})
     search = LLMSearch(rls_helpers.CallLogLLM(args.calls), **search_args(args.log_dir))
     if args.api == "tuner":
         tuner = tune.Tuner(
