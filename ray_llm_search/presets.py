@@ -15,7 +15,7 @@ at equal budget. ``examples/RESULTS.md`` has what each one measured.
 | ``"chains-screened"`` | the same, a candidate wins on any gain | −0.9 |
 | ``"late-mix"`` | every chain descends one generation, then screens ``G-1`` warm candidates ``(chain + text) / 2`` | −0.5 |
 | ``"authors-faithful"`` | ``"authors"`` with the mentor shown text scores (``mentor_scores="text"``) | −0.5 vs ``"authors"`` (2 tasks) |
-| ``"text-first"`` | 3 LLM rounds on text before any gradient (the mentor shown texts with their scores as text; each candidate screened as text against the best text so far: text against text), then one chain descends every step from the best text; the final prompt by the lowest validation loss | issue #26: being measured |
+| ``"text-first"`` | 3 LLM rounds on text before any gradient (the mentor shown texts with their scores as text; each candidate screened as text against the best text so far: text against text), then one chain descends every step from the best text; the final prompt by the lowest validation loss | pilot with Qwen2.5-Coder-1.5B (issue #26, 4 tasks, 2 seeds): −1.8 vs its no-LLM twin, +2.7 vs gradient only |
 | ``"restarts"`` | the first design: 1 elite continues, the LLM's texts restart the other ``P-1`` phases each generation | −2.8 (3 tasks, 3 seeds) |
 
 The authors' designs run one trial at a time (one chain): give that trial every CPU or GPU of the machine
