@@ -227,7 +227,9 @@ def test_sentence_pairs_with_a_linear_head(tmp_path, one_torch_thread):
 
 
 # The authors' regime needs a longer budget than the tiny run's (its own test below).
-TINY_ARMS = [a for a in compare.ARMS if not a.startswith("authors")]
+# the one-chain designs (the authors' regime, text-first) have tests of their own; their budgets are also checked
+# by every run (compare.check_budget) and by test_screening's test of every preset
+TINY_ARMS = [a for a in compare.ARMS if not a.startswith(("authors", "text-first"))]
 
 
 def test_authors_schedule_spends_the_gradient_arms_budget_or_says_why_not():
@@ -251,10 +253,17 @@ def test_authors_regime_runs_one_chain_at_the_same_budget(tmp_path, monkeypatch)
             "--eval-every", "1", "--shots", "2", "--val-shots", "2", "--test-size", "10", "--max-length", "32",
             "--backend", "inline", "--out", str(tmp_path / "out"), "--storage", str(tmp_path / "storage"),
             "--data-root", str(SHARED_DATA), "--no-seed-prompt", "--arms", "gradient", "authors", "authors-perturb",
-            "authors-faithful"]
+            "authors-faithful", "text-first", "text-first-perturb"]
     result = compare.main(argv, llm_factory=lambda args, seed: ScriptedLLM())
     runs = {r["arm"]: r for r in result["results"]["runs"]}
     b = runs["gradient"]["budget"]
+    for arm in ("text-first", "text-first-perturb"):  # 3 rounds on text, then one descent with every step
+        run = runs[arm]
+        assert (run["trials"], run["gradient_steps"], run["n_evaluations"]) == (5, 12, 18)
+        assert run["screened"] == 18 - 1 - 12  # what the descent's 12 evaluations and the seed's one leave
+        assert {e["generation"] for e in run["evaluations"] if e["step"] > 0} == {4}
+        assert run["llm"] == ("ScriptedLLM" if arm == "text-first" else None)
+    assert runs["text-first"]["llm_calls"] == 3 and runs["text-first-perturb"]["llm_calls"] == 0
     for arm in ("authors", "authors-perturb"):
         run = runs[arm]
         assert run["trials"] == 5 and run["gradient_steps"] == b["gradient_steps"] == 12
