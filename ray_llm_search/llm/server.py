@@ -95,7 +95,7 @@ class LlamaServer:
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env,
                                          stdin=subprocess.DEVNULL,
-                                         preexec_fn=_die_with_parent if _in_main_thread() else None)
+                                         preexec_fn=_die_with_parent() if _in_main_thread() else None)
         atexit.register(self.stop)
         deadline = started + self.start_timeout_s
         while True:
@@ -173,18 +173,22 @@ def _in_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: on Linux, ask the kernel to end it when the process that started it dies (a
-    killed driver runs no ``atexit``); elsewhere nothing (``stop`` and ``atexit`` remain). The kernel ties this
-    to the starting *thread*, so it is asked only for a server started from the main thread."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-        import signal
+def _die_with_parent():
+    """A ``preexec_fn`` that, on Linux, asks the kernel to end the child when the process that started it dies (a
+    killed driver runs no ``atexit``); ``None`` elsewhere (``stop`` and ``atexit`` remain). The kernel ties this to
+    the starting *thread*, so it is asked only for a server started from the main thread. ``prctl`` is looked up
+    here, in the parent: the child between fork and exec only calls it (no dynamic loading there)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+    import signal
 
-        try:
-            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            pass
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    kill = int(signal.SIGKILL)
+    return lambda: prctl(1, kill)  # PR_SET_PDEATHSIG
 
 
 def _free_port(host: str) -> int:
