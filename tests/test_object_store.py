@@ -86,8 +86,9 @@ def test_filesystem_uri_opens_the_same_object_again(s3):
     assert filesystem_uri(pyarrow.fs.LocalFileSystem(), "/tmp/x.pt") == "/tmp/x.pt"
 
 
-@pytest.mark.slow
-def test_search_on_object_storage_resumes_every_elite_from_its_exact_vectors(s3, tmp_path):
+def _toy_search(log_dir, storage_path: str, name: str, generations: int, steps: int, env: dict | None = None):
+    """A real ``tune.run`` of ``storage_phase.toy_phase`` under ``LLMSearch`` (2 phases a generation, 1 elite) in a
+    Ray of its own; returns the search, Tune's analysis and every result reported, by trial."""
     from ray import tune
 
     from ray_llm_search import LLMSearch
@@ -97,23 +98,30 @@ def test_search_on_object_storage_resumes_every_elite_from_its_exact_vectors(s3,
         ray.shutdown()
     path = os.pathsep.join(p for p in (SCRIPTS, os.environ.get("PYTHONPATH")) if p)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": path, **storage_phase.CREDENTIALS}})
+             runtime_env={"env_vars": {"PYTHONPATH": path, **(env or {})}})
     try:
-        log_dir = tmp_path / "driver_log"
         search = LLMSearch(ScriptedLLM(words="a new start"), "Toy task.", ["seed one", "seed two"], metric="val_acc",
-                           mode="max", population=2, generations=3, elites=1, log_dir=str(log_dir))
+                           mode="max", population=2, generations=generations, elites=1, log_dir=str(log_dir))
         results: dict[str, list] = {}
 
         class Keep(tune.Callback):
             def on_trial_result(self, iteration, trials, trial, result, **info):
                 results.setdefault(trial.trial_id, []).append(dict(result))
 
-        analysis = tune.run(storage_phase.toy_phase, name="s3_search", storage_path=s3.uri("results"),
-                            config={"steps": 6, "eval_every": 2}, search_alg=search,
+        analysis = tune.run(storage_phase.toy_phase, name=name, storage_path=storage_path,
+                            config={"steps": steps, "eval_every": 2}, search_alg=search,
                             num_samples=search.total_trials, resources_per_trial={"cpu": 1}, callbacks=[Keep()],
                             raise_on_failed_trial=False, verbose=0)
     finally:
         ray.shutdown()
+    return search, analysis, results
+
+
+@pytest.mark.slow
+def test_search_on_object_storage_resumes_every_elite_from_its_exact_vectors(s3, tmp_path):
+    log_dir = tmp_path / "driver_log"
+    search, analysis, results = _toy_search(log_dir, s3.uri("results"), "s3_search", generations=3, steps=6,
+                                            env=storage_phase.CREDENTIALS)
     errors = [t.error_file for t in analysis.trials if t.status == "ERROR"]
     assert not errors, [open(e).read()[-2000:] for e in errors if e and os.path.exists(e)]
     assert len(search.records) == 3 and len(analysis.trials) == 6
@@ -135,31 +143,8 @@ def test_search_on_object_storage_resumes_every_elite_from_its_exact_vectors(s3,
 def test_with_a_local_storage_path_the_vectors_stay_in_log_dir(tmp_path):
     """One machine, as before this change: Tune's storage is a local path, so the phases keep their vectors in
     the searcher's ``<log_dir>/vectors`` and the elites resume from those files, exactly."""
-    from ray import tune
-
-    from ray_llm_search import LLMSearch
-    from ray_llm_search.testing import ScriptedLLM
-
-    if ray.is_initialized():
-        ray.shutdown()
-    path = os.pathsep.join(p for p in (SCRIPTS, os.environ.get("PYTHONPATH")) if p)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
-    try:
-        log_dir = tmp_path / "log"
-        search = LLMSearch(ScriptedLLM(words="a new start"), "Toy task.", ["seed one", "seed two"], metric="val_acc",
-                           mode="max", population=2, generations=2, elites=1, log_dir=str(log_dir))
-        results: dict[str, list] = {}
-
-        class Keep(tune.Callback):
-            def on_trial_result(self, iteration, trials, trial, result, **info):
-                results.setdefault(trial.trial_id, []).append(dict(result))
-
-        analysis = tune.run(storage_phase.toy_phase, name="local", storage_path=str(tmp_path / "storage"),
-                            config={"steps": 4, "eval_every": 2}, search_alg=search, num_samples=search.total_trials,
-                            resources_per_trial={"cpu": 1}, callbacks=[Keep()], raise_on_failed_trial=False,
-                            verbose=0)
-    finally:
-        ray.shutdown()
+    log_dir = tmp_path / "log"
+    search, analysis, results = _toy_search(log_dir, str(tmp_path / "storage"), "local", generations=2, steps=4)
     assert all(t.status == "TERMINATED" for t in analysis.trials)
     for t in search.trajectories:
         assert t.vectors_path == str(log_dir / "vectors" / f"{t.trial_id}.pt") and os.path.isfile(t.vectors_path)
