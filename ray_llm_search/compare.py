@@ -25,6 +25,7 @@ The arms, on the same data splits (fixed by the run seed), ``G`` generations of 
 | ``screened-paired`` / ``screened-perturb-paired`` | as ``screened``, a candidate adopted only if it passes the paired sign test (``screen_test="paired"``; the preset ``"chains-paired"``) | ``G*P*K`` | ``G*P*E`` | 1 / 0 |
 | ``authors`` / ``authors-perturb`` | the MaaO authors' regime and its no-LLM twin, one chain, 3 short phases each followed by an LLM round whose candidates are screened against the chain, then one long descent (``authors_schedule``) | ``G*P*K`` | ``G*P*E`` | 3 / 0 |
 | ``authors-faithful`` | ``authors`` with the mentor shown texts scored as text (``mentor_scores="text"``): the phases before each round score their best vectors' projection, one candidate fewer is screened per round | ``G*P*K`` | ``G*P*E`` | 3 |
+| ``halving`` / ``halving-perturb`` | generation 0 scores the ``P`` seeds as text; one LLM (perturbed) round gives ``P`` new starts and ``S`` texts the best seed screens; ``P + 1`` chains descend ``K`` steps, the best 2 go on, then the best one takes the rest (the preset ``"halving"``) | ``G*P*K`` | ``G*P*E`` | 1 / 0 |
 | ``authors-paired`` / ``authors-perturb-paired`` | ``LLMSearch``'s default design (``presets.DEFAULT``) and its twin: ``authors`` with candidates adopted only on the paired sign test (the preset ``"authors-paired"``) | ``G*P*K`` | ``G*P*E`` | 3 / 0 |
 
 Without ``--arms``: ``gradient``, ``authors-perturb-paired``, ``llm``, ``authors-paired`` (gradient only, restarts without
@@ -72,7 +73,7 @@ from trainables.benchmarks import BENCHMARKS  # noqa: E402
 
 ARMS = ("gradient", "llm", "llm+gradient", "perturb+gradient", "screened", "screened-perturb", "screened-paired",
         "screened-perturb-paired", "late-mix", "late-mix-perturb", "late-text", "authors", "authors-perturb",
-        "authors-faithful", "authors-paired", "authors-perturb-paired", "text-first", "text-first-perturb")
+        "authors-faithful", "authors-paired", "authors-perturb-paired", "text-first", "text-first-perturb", "halving", "halving-perturb")
 ARM_LABELS = {"gradient": "gradient only", "llm": "LLM only (OPRO-style)", "llm+gradient": "LLM + gradient (LLMSearch, restarts)",
               "screened": "chains + screened LLM starts", "screened-perturb": "chains + screened perturbed starts (no LLM)",
               "late-mix": "chains + late warm LLM restarts",
@@ -87,7 +88,9 @@ ARM_LABELS = {"gradient": "gradient only", "llm": "LLM only (OPRO-style)", "llm+
               "authors-paired": "LLMSearch default: authors' regime, LLM candidates adopted on a paired test",
               "authors-perturb-paired": "authors' regime, perturbed texts adopted on a paired test (no LLM)",
               "text-first": "3 LLM rounds on text (text against text), then one descent",
-              "text-first-perturb": "3 rounds of perturbed texts on text, then one descent (no LLM)"}
+              "text-first-perturb": "3 rounds of perturbed texts on text, then one descent (no LLM)",
+              "halving": "LLM starts as lineages, the best kept after descent (successive halving)",
+              "halving-perturb": "perturbed starts as lineages, the best kept after descent (no LLM)"}
 # The arms in which new starts are screened: arm -> (where candidates come from, when they are screened, how
 # a winning candidate starts: None = --candidate-start, the test it must pass). "early": generation 0 scores
 # the seed prompts as text and every chain screens candidates before its first step; "late": the chains
@@ -103,7 +106,8 @@ SCREENED_ARMS = {"screened": ("llm", "early", None, "gain"), "screened-perturb":
                  "authors-paired": ("llm", "authors", "text", "paired"),
                  "authors-perturb-paired": ("perturb", "authors", "text", "paired"),
                  "text-first": ("llm", "text-first", "text", "gain"),
-                 "text-first-perturb": ("perturb", "text-first", "text", "gain")}
+                 "text-first-perturb": ("perturb", "text-first", "text", "gain"),
+                 "halving": ("llm", "halving", "text", "gain"), "halving-perturb": ("perturb", "halving", "text", "gain")}
 # The preset (ray_llm_search.presets) each screened arm runs; its table entry above says where candidates
 # come from and how a winner starts.
 ARM_PRESETS = {"screened": "chains-screened", "screened-perturb": "chains-screened", "screened-paired": "chains-paired",
@@ -111,7 +115,7 @@ ARM_PRESETS = {"screened": "chains-screened", "screened-perturb": "chains-screen
                "late-text": "late-mix", "authors": "authors", "authors-perturb": "authors",
                "authors-faithful": "authors-faithful", "authors-paired": "authors-paired",
                "authors-perturb-paired": "authors-paired", "text-first": "text-first",
-               "text-first-perturb": "text-first"}
+               "text-first-perturb": "text-first", "halving": "halving", "halving-perturb": "halving"}
 # Arms whose mentor is shown texts with what they score as text (LLMSearch(mentor_scores="text")), each a
 # copy of the arm named beside it with the projections' evaluations taken from its screening.
 FAITHFUL_ARMS = {"authors-faithful": "authors"}
@@ -119,7 +123,7 @@ FAITHFUL_ARMS = {"authors-faithful": "authors"}
 CONTROLS = (("llm+gradient", "perturb+gradient"), ("screened", "screened-perturb"),
             ("screened-paired", "screened-perturb-paired"), ("late-mix", "late-mix-perturb"), ("authors", "authors-perturb"),
             ("authors-faithful", "authors-perturb"), ("authors-paired", "authors-perturb-paired"),
-            ("text-first", "text-first-perturb"))
+            ("text-first", "text-first-perturb"), ("halving", "halving-perturb"))
 # Ablations: an arm minus the same arm with one thing changed (the mentor shown vector scores; candidates
 # adopted on any gain instead of a paired test; a warm restart instead of a restart from the text).
 ABLATIONS = tuple((a, b) for a, b in FAITHFUL_ARMS.items()) + (("authors-paired", "authors"), ("late-mix", "late-text"))
@@ -347,10 +351,12 @@ def task_from_flags(args) -> dict | None:
 # The arguments that change a run's result (beside the budget): a run recorded with other values is not
 # the run asked for. Paths, CPU counts, the LLM's endpoint and key variable are not among them.
 RESULT_ARGS = ("model", "head", "shots", "val_shots", "test_size", "max_length", "lr", "batch_size", "prompt_length",
-               "max_prompt_words", "elites", "llm", "llm_model", "candidate_start", "screen_margin")
+               "max_prompt_words", "elites", "llm", "llm_model", "candidate_start", "screen_margin", "tell_length")
+# What only the mentor reads: a run without an LLM (gradient only, the no-LLM twins) is the same run either way.
+MENTOR_ARGS = ("llm", "llm_model", "tell_length")
 
 
-NEW_ARG_DEFAULTS = {"candidate_start": "text", "screen_margin": 0}
+NEW_ARG_DEFAULTS = {"candidate_start": "text", "screen_margin": 0, "tell_length": False}
 
 
 def check_recorded(run: dict, args, b: dict) -> None:
@@ -361,7 +367,7 @@ def check_recorded(run: dict, args, b: dict) -> None:
     recorded = {**NEW_ARG_DEFAULTS, **run.get("args", {})}  # runs recorded before these flags existed
     differ = {k: (recorded.get(k), setting(args, run["dataset"], k) if k in GLOBAL_DEFAULTS else getattr(args, k))
               for k in RESULT_ARGS}
-    differ = {k: v for k, v in differ.items() if v[0] != v[1]}
+    differ = {k: v for k, v in differ.items() if v[0] != v[1] and not (k in MENTOR_ARGS and run.get("llm") is None)}
     if run["dataset"] in user_tasks(args):  # the task file may have changed: other data, task, seeds
         recorded_task = (run.get("args", {}).get("user_tasks") or {}).get(run["dataset"])
         if recorded_task != user_tasks(args)[run["dataset"]]:
@@ -475,7 +481,7 @@ def make_search(args, arm: str, task: str, seeds: list[str], seed: int, log_dir:
     perturbed = arm == "perturb+gradient" or (arm in SCREENED_ARMS and SCREENED_ARMS[arm][0] == "perturb")
     llm = NoLLM() if perturbed else (llm_factory or make_llm)(args, seed)
     common = {"metric": "val_acc", "mode": "max", "max_prompt_words": args.max_prompt_words, "seed": seed,
-              "log_dir": log_dir}
+              "log_dir": log_dir, "prompt_tokens": args.prompt_length if getattr(args, "tell_length", False) else None}
     if arm == "llm":
         config["steps"] = 0
         width = args.population * budget(args)["evals_per_phase"]  # as many evaluations per generation as the others
@@ -862,7 +868,8 @@ def write_plots(results: dict, out: str) -> list[str]:
               "perturb+gradient": "tab:olive", "authors": "tab:cyan", "authors-perturb": "tab:pink",
               "screened-paired": "darkred", "screened-perturb-paired": "indigo", "late-text": "goldenrod",
               "authors-faithful": "teal", "authors-paired": "navy", "authors-perturb-paired": "salmon",
-              "text-first": "darkgreen", "text-first-perturb": "lightgreen"}
+              "text-first": "darkgreen", "text-first-perturb": "lightgreen", "halving": "darkviolet",
+              "halving-perturb": "plum"}
     if set(ARMS) - set(colors):
         raise RuntimeError(f"compare.write_plots: no colour for {sorted(set(ARMS) - set(colors))}")
     for dataset in sorted({r["dataset"] for r in results["runs"]}):
@@ -995,6 +1002,9 @@ def parse_args(argv=None, default_out: str | None = None, prog: str | None = Non
     p.add_argument("--prompt-length", type=int, default=8)
     p.add_argument("--max-length", type=int, default=None, help="tokens per input (default: 128 for rte, else 64)")
     p.add_argument("--max-prompt-words", type=int, default=12)
+    p.add_argument("--tell-length", action="store_true",
+                   help="tell the mentor that a prompt keeps --prompt-length tokens and ask for about that many "
+                        "words (LLMSearch(prompt_tokens=...))")
     add_llm_flags(p, dtype="float32")  # the precision every recorded run's mentor had
     p.add_argument("--cpus", type=int, default=None, help="Ray CPUs (default: all); one per trial")
     p.add_argument("--warm", action="store_true",

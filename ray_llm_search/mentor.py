@@ -39,6 +39,8 @@ _MARKUP = re.compile(r"^(?:```|[\[{])|[\[{]$")
 # Scores a model copies from the meta-prompt after a prompt: "(score 0.8)", "loss 0.621, val_acc 0.598".
 _SCORE_SUFFIX = re.compile(r"(?:\s*[,;]?\s*[\(\[]?\s*(?:score|accuracy|acc|loss|val_\w+)\s*[:=]?\s*[-\d.]+%?\s*[\)\]]?)+"
                            r"\s*[,;.]?\s*$", re.IGNORECASE)
+# A length a model notes after a prompt when told how long prompts may be: '... question?" (8 tokens)'.
+_COUNT_SUFFIX = re.compile(r"\s*[\(\[]\s*~?\d+\s*(?:tokens?|words?)\s*[\)\]]\s*[,;.]?\s*$", re.IGNORECASE)
 # Lines that talk about prompts instead of being one.
 _CHATTER = re.compile(
     r"^(?:here\s+(?:are|is)|sure|certainly|of course|okay|ok\b|i\s|i'm|as an ai|note\b|these\s|the following|"
@@ -69,6 +71,10 @@ class Mentor:
         max_words: a candidate with more words is rejected.
         max_chars: a candidate with more characters is rejected.
         points_per_trajectory: evaluations shown per trajectory (first, best and last are kept).
+        prompt_tokens: how many tokens of a prompt the trainable keeps (its ``prompt_length``), or ``None``. When
+            set, the chat meta-prompt says so (a longer text is cut, a shorter one repeated) and asks for prompts
+            of about that many words: without it the 1.5B mentor wrote prompts past the 8 tokens a text-prompt
+            phase keeps (``examples/RESULTS.md``).
 
     Example:
         >>> m = Mentor("Classify news by topic.", "val_acc", "max")
@@ -82,6 +88,7 @@ class Mentor:
     max_words: int = 16
     max_chars: int = 200
     points_per_trajectory: int = 4
+    prompt_tokens: int | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in ("max", "min"):
@@ -92,6 +99,9 @@ class Mentor:
             raise ValueError(f"max_chars must be >= 1, got {self.max_chars}")
         if self.points_per_trajectory < 1:
             raise ValueError(f"points_per_trajectory must be >= 1, got {self.points_per_trajectory}")
+        if self.prompt_tokens is not None and (isinstance(self.prompt_tokens, bool)
+                                               or not isinstance(self.prompt_tokens, int) or self.prompt_tokens < 1):
+            raise ValueError(f"prompt_tokens must be None or an integer >= 1, got {self.prompt_tokens!r}")
 
     # -- building ---------------------------------------------------------------------------------------
 
@@ -148,10 +158,17 @@ class Mentor:
                 "", what, ""]
 
     def _chat_request(self, n: int) -> list[str]:
-        return [
+        words = self.max_words
+        length = []
+        if self.prompt_tokens is not None:
+            # about 3 words in 4 tokens for English under a WordPiece or BPE vocabulary
+            words = max(1, min(self.max_words, (3 * self.prompt_tokens) // 4))
+            length = [f"The classifier keeps exactly {self.prompt_tokens} tokens of a prompt: a longer prompt is cut "
+                      f"after them and a shorter one is repeated until it fills them, so every word counts."]
+        return length + [
             f"Write {n} new prompts for this task that you expect to score better than all of the above. "
             "Learn from which words helped. Each must differ from every prompt above and have at most "
-            f"{self.max_words} words.",
+            f"{words} words.",
             f"Reply with the {n} prompts only, one per line, numbered 1 to {n}, without any other text.",
         ]
 
@@ -249,6 +266,7 @@ class Mentor:
             return "chatter", ""
         text = _PREFIX.sub("", text).strip()
         text = _SCORE_SUFFIX.sub("", text).strip()
+        text = _COUNT_SUFFIX.sub("", text).strip()
         text = _ITEM_COMMA.sub(r"\1", text)
         while len(text) >= 2 and text[0] in _QUOTES and text[-1] in _QUOTES:
             text = text[1:-1].strip()

@@ -87,7 +87,7 @@ def run_round(args, compare_args, dataset: str, seed: int, llm) -> dict:
     data = dataset_for(config)
     model = build_classifier(config, data)
     shown = _score(model, data, seeds)
-    mentor = Mentor(task, "val_acc", "max", max_words=args.max_prompt_words)
+    mentor = Mentor(task, "val_acc", "max", max_words=args.max_prompt_words, prompt_tokens=args.prompt_tokens)
     ranked = sorted(shown, key=lambda e: (-e["acc"], e["loss"]))
     meta = mentor.build_scored([Evaluation(0, e["text"], e["loss"], e["acc"]) for e in ranked], args.candidates,
                                style=llm.style)
@@ -162,6 +162,9 @@ def parse_args(argv=None):
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     p.add_argument("--candidates", type=int, default=5, help="prompts asked of the mentor per round")
     p.add_argument("--max-prompt-words", type=int, default=12)
+    p.add_argument("--prompt-tokens", type=int, default=None,
+                   help="tell the mentor that a prompt keeps this many tokens (Mentor.prompt_tokens; the text "
+                        "trainable keeps 8); its rounds are recorded under the mentor's name + '+told-N-tokens'")
     p.add_argument("--shots", type=int, default=16)
     p.add_argument("--data-root", default=None)
     add_llm_flags(p, dtype="float32")
@@ -170,7 +173,10 @@ def parse_args(argv=None):
     p.add_argument("--force", action="store_true", help="rerun rounds already recorded")
     p.add_argument("--table-only", action="store_true")
     args = p.parse_args(argv)
-    args.label = args.label or llm_label(args)
+    if args.prompt_tokens is not None and args.prompt_tokens < 1:
+        p.error(f"--prompt-tokens must be >= 1, got {args.prompt_tokens}")
+    told = f"+told-{args.prompt_tokens}-tokens" if args.prompt_tokens else ""
+    args.label = args.label or llm_label(args) + told
     args.seed = 0
     return args
 

@@ -16,6 +16,7 @@ at equal budget. ``examples/RESULTS.md`` has what each one measured.
 | ``"late-mix"`` | every chain descends one generation, then screens ``G-1`` warm candidates ``(chain + text) / 2`` | −0.5 |
 | ``"authors-faithful"`` | ``"authors"`` with the mentor shown text scores (``mentor_scores="text"``) | −0.5 vs ``"authors"`` (2 tasks) |
 | ``"text-first"`` | 3 LLM rounds on text before any gradient (the mentor shown texts with their scores as text; each candidate screened as text against the best text so far: text against text), then one chain descends every step from the best text; the final prompt by the lowest validation loss | pilot with Qwen2.5-Coder-1.5B (issue #26, 4 tasks, 2 seeds): −1.8 vs its no-LLM twin, +2.7 vs gradient only |
+| ``"halving"`` | the LLM's texts as lineages of their own, kept or dropped after they have descended: generation 0 scores the ``P`` seed prompts as text; one LLM round gives ``P`` new starts, and the best seed (its score reused) screens ``P`` more as text; those ``P + 1`` chains descend ``K`` steps; the best 2 descend on, then the best one takes the rest of the steps (successive halving); the final prompt by the lowest validation loss | issue #26: see ``examples/RESULTS.md`` |
 | ``"restarts"`` | the first design: 1 elite continues, the LLM's texts restart the other ``P-1`` phases each generation | −2.8 (3 tasks, 3 seeds) |
 
 The authors' designs run one trial at a time (one chain): give that trial every CPU or GPU of the machine
@@ -33,7 +34,7 @@ from __future__ import annotations
 DEFAULT = "authors-paired"
 AUTHORS_ROUNDS = 3
 PRESETS = ("chains-paired", "chains-screened", "late-mix", "authors", "authors-faithful", "authors-paired", "text-first",
-           "restarts")
+           "halving", "restarts")
 
 
 def budget(population: int, generations: int, steps: int, eval_every: int) -> dict:
@@ -116,6 +117,33 @@ def text_first_schedule(population: int, generations: int, steps: int, eval_ever
     return [{"steps": 0}] + [{"steps": 0, "screen": s} for s in per_round] + [{"steps": final, "eval_every": eval_every}]
 
 
+def halving_schedule(population: int, generations: int, steps: int, eval_every: int) -> list[dict]:
+    """The LLM's starts as lineages, narrowed after they have descended, at the budget of ``budget(...)``.
+
+    Generation 0 scores the ``P`` seed prompts as text (no step, ``P`` evaluations). Generation 1 runs ``P + 1``
+    chains for ``K`` steps, evaluated every ``E``: the best seed (its score reused), which first screens ``S``
+    candidates as text against its own text, and ``P`` new starts from the round's candidates (one evaluation each
+    at their start). Generation 2: the best 2 lineages descend ``K2`` steps (``K2``: a quarter of what is left, a
+    multiple of ``E``); generation 3: the best one descends the rest. ``S`` spends the evaluations left over;
+    raises ``ValueError`` where the numbers leave none, or no step for the last chain."""
+    b = budget(population, generations, steps, eval_every)
+    width = population + 1
+    rest = b["gradient_steps"] - width * steps
+    second = eval_every * (rest // (4 * eval_every))
+    final = rest - 2 * second
+    if second <= 0 or final <= 0 or final % eval_every:
+        raise ValueError(f"the halving design needs {width} phases of --steps {steps} and steps left for two more "
+                         f"generations, multiples of --eval-every {eval_every}, at this budget ({b})")
+    per_phase = steps // eval_every
+    used = population + per_phase + population * (per_phase + 1) + 2 * (second // eval_every) + final // eval_every
+    screens = b["evaluations"] - used
+    if screens < 0:
+        raise ValueError(f"the halving design evaluates {used} times, more than the budget's {b['evaluations']} ({b})")
+    first = {"steps": steps, "eval_every": eval_every, "population": width, "elites": 1, "screen": screens}
+    return [{"steps": 0}, first, {"steps": second, "eval_every": eval_every, "population": 2, "elites": 2},
+            {"steps": final, "eval_every": eval_every, "population": 1, "elites": 1}]
+
+
 def preset(name: str = DEFAULT, *, population: int = 4, generations: int = 3, steps: int, eval_every: int) -> dict:
     """``LLMSearch`` keyword arguments for the named design at the budget of ``population`` gradient chains run
     for ``generations`` phases of ``steps`` steps evaluated every ``eval_every`` (the trial config's values).
@@ -137,6 +165,10 @@ def preset(name: str = DEFAULT, *, population: int = 4, generations: int = 3, st
         return {**({"screen_test": "paired"} if name == "authors-paired" else {}),"population": 1, "elites": 1, "seed_prompts": 1, "reuse_start_score": True,
                 "schedule": authors_schedule(population, generations, steps, eval_every, faithful),
                 "mentor_scores": "text" if faithful else "vectors", "select": "loss"}
+    if name == "halving":
+        return {"population": population, "elites": 1, "seed_prompts": population, "reuse_start_score": True,
+                "schedule": halving_schedule(population, generations, steps, eval_every), "mentor_scores": "text",
+                "select": "loss"}
     if name == "text-first":
         return {"population": 1, "elites": 1, "seed_prompts": 1, "reuse_start_score": True,
                 "schedule": text_first_schedule(population, generations, steps, eval_every), "mentor_scores": "text",

@@ -69,9 +69,12 @@ class LLMSearch(Searcher):
             tried), ask again up to this many times, after 1 s, 2 s, ... (``rounds.REASK_BACKOFF_S``), within
             ``llm_timeout_s``; transport faults are retried by the LLM client itself (``OpenAIChat(retries=)``).
         meta_prompt_style: ``"chat"`` or ``"completion"``; default: the LLM's ``style``.
-        schedule: one dict per generation, ``{"steps": K, "screen": S, "eval_every": E}`` (each key optional);
-            ``steps``/``eval_every`` override the trial config's for that generation (``steps: 0`` evaluates the
-            starts as text), ``screen`` overrides ``screen``. Its length is the number of generations.
+        schedule: one dict per generation, ``{"steps": K, "screen": S, "eval_every": E, "population": P,
+            "elites": N}`` (each key optional); ``steps``/``eval_every`` override the trial config's for that
+            generation (``steps: 0`` evaluates the starts as text), ``screen`` overrides ``screen``,
+            ``population``/``elites`` override ``population``/``elites`` for that generation (not generation 0,
+            which runs the seed prompts: a population that narrows keeps the best lineages, successive-halving
+            style). Its length is the number of generations.
         screen: candidates each continuing phase (elite) evaluates as text before its first step; it starts from
             the best of them only if that beats its own start on validation (else it continues its chain).
             Each screened candidate is one evaluation. 0 (default): no screening.
@@ -97,6 +100,9 @@ class LLMSearch(Searcher):
             lowest validation loss; each phase also keeps its lowest-loss vectors (``keep_lowest_loss`` in
             ``trainables.phase``). On a small validation split the highest accuracy among many evaluations is
             often a lucky one; the loss is a continuous score and less so (``examples/RESULTS.md``).
+        prompt_tokens: how many tokens of a prompt the trainable keeps (its ``prompt_length``, 8 for the text
+            trainable), told to the mentor with the length to aim for (``Mentor.prompt_tokens``); ``None``
+            (default): the meta-prompt says only ``max_prompt_words``.
 
     Example:
         >>> search = LLMSearch(LocalLLM(), "Classify BBC news by topic.", ["the topic of this article is"],
@@ -133,6 +139,7 @@ class LLMSearch(Searcher):
         llm_budget: dict | LLMBudget | None = None,
         mentor_scores: str = "vectors",
         select: str = "metric",
+        prompt_tokens: int | None = None,
     ) -> None:
         a = _check_arguments({k: v for k, v in locals().items() if k not in ("self", "__class__")})
         super().__init__(metric=metric, mode=mode)
@@ -154,6 +161,7 @@ class LLMSearch(Searcher):
         self.screen_test = screen_test
         self.mentor_scores = mentor_scores
         self.select = select
+        self.prompt_tokens = prompt_tokens
         self.llm_budget: LLMBudget | None = a["llm_budget"]
         self.max_prompt_words = max_prompt_words
         self.seed = seed
@@ -224,12 +232,13 @@ class LLMSearch(Searcher):
     @property
     def total_trials(self) -> int:
         """Trials this search creates; pass it (or more) as Tune's ``num_samples``."""
-        return max(self.population, len(self.seed_prompts)) + self.population * (self.generations - 1)
+        return max(self.population, len(self.seed_prompts)) + sum(self._plan(g)["population"]
+                                                                  for g in range(1, self.generations))
 
     @property
     def mentor(self) -> Mentor:
         return Mentor(self.task_description, self._metric or "metric", self._mode or "max",
-                      max_words=self.max_prompt_words)
+                      max_words=self.max_prompt_words, prompt_tokens=self.prompt_tokens)
 
     def get_state(self) -> dict:
         """Everything needed to continue: plain data, no LLM, no secret, no thread."""
@@ -311,7 +320,7 @@ class LLMSearch(Searcher):
         self.__dict__.update({"llm_reasks": 0, "_replay_from": None,
                               "_search_id": uuid.uuid4().hex[:16], "schedule": None, "screen": 0, "proposals": "llm",
                               "candidate_start": "text", "mix_alpha": 0.5, "reuse_start_score": False, "screen_margin": 0, "screen_test": "gain", "llm_budget": None, "mentor_scores": "vectors", "preset": None, "select": "metric",
-                              "_held": [], "_screened": {}, "_suspicious": {}, "_domains": [],
+                              "prompt_tokens": None, "_held": [], "_screened": {}, "_suspicious": {}, "_domains": [],
                               "_space_rng": random.Random()})
         for stale in ("_executor", "_future", "_budget_warned", "_restored"):  # pickled by an older version
             state.pop(stale, None)
@@ -434,7 +443,8 @@ class LLMSearch(Searcher):
         screened candidates (the phases of the last generation feed no round)."""
         if generation + 1 >= self.generations:
             return False
-        return self.population > self.elites or self._plan(generation + 1)["screen"] * self.elites > 0
+        plan = self._plan(generation + 1)
+        return plan["population"] > plan["elites"] or plan["screen"] * plan["elites"] > 0
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         start = time.thread_time()
@@ -551,27 +561,28 @@ class LLMSearch(Searcher):
         if nxt >= self.generations:
             self._finish()
             return
-        self._sizes[nxt] = self.population
+        plan = self._plan(nxt)
+        self._sizes[nxt] = plan["population"]
         # Elites start at once from their exact vectors, so workers are busy while the LLM thinks, unless they
         # screen candidates first: then they wait for the round (held) and take their candidates with them.
-        elites = self._elite_specs(nxt)
-        slots = self._plan(nxt)["screen"] * len(elites)
+        elites = self._elite_specs(nxt, plan["elites"])
+        slots = plan["screen"] * len(elites)
         if slots:
             self._held = elites
         else:
             self._queue.extend(elites)
-        new_starts = self.population - len(elites)
+        new_starts = plan["population"] - len(elites)
         if new_starts + slots > 0:
             self._start_round(nxt, new_starts, slots)
         else:
             self._rounds[nxt] = Round.skipped(nxt)
 
-    def _elite_specs(self, generation: int) -> list[dict]:
+    def _elite_specs(self, generation: int, elites: int) -> list[dict]:
         """The best phase of each of the ``elites`` best lineages, to resume from its exact vectors."""
         specs: list[dict] = []
         chosen: set[str] = set()
         for trajectory in self._pool.ranked():
-            if len(chosen) >= self.elites:
+            if len(chosen) >= elites:
                 break
             if trajectory.lineage in chosen:
                 continue
@@ -588,11 +599,13 @@ class LLMSearch(Searcher):
         return specs
 
     def _plan(self, generation: int) -> dict:
-        """What the schedule says of a generation: its steps and eval_every (None: the trial config's) and
-        how many candidates each of its elites screens."""
+        """What the schedule says of a generation: its steps and eval_every (None: the trial config's), how
+        many candidates each of its elites screens, its population and elites."""
         entry = self.schedule[generation] if self.schedule and generation < len(self.schedule) else {}
+        population = entry.get("population", self.population) if generation > 0 else self.population
         return {"steps": entry.get("steps"), "eval_every": entry.get("eval_every"),
-                "screen": entry.get("screen", self.screen) if generation > 0 else 0}
+                "screen": entry.get("screen", self.screen) if generation > 0 else 0, "population": population,
+                "elites": min(population, entry.get("elites", self.elites)) if generation > 0 else self.elites}
 
     def _start_round(self, generation: int, new_starts: int, slots: int) -> None:
         n = self.candidates_per_round or new_starts + 2 * slots  # ask for more than the screening needs
@@ -826,8 +839,9 @@ class LLMSearch(Searcher):
         of text. ``None`` where the LLM has no token cap (``max_tokens`` / ``max_new_tokens``)."""
         rounds = []
         for g in range(1, self.generations):
-            slots = self._plan(g)["screen"] * self.elites
-            new_starts = self.population - self.elites
+            plan = self._plan(g)
+            slots = plan["screen"] * plan["elites"]
+            new_starts = plan["population"] - plan["elites"]
             if new_starts + slots > 0:
                 rounds.append(self.candidates_per_round or new_starts + 2 * slots)
         if self.proposals == "perturb":
@@ -943,6 +957,7 @@ _ARGUMENT_CHECKS = (
     ("top_k", lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
     ("candidates_per_round", lambda v: v is None or isinstance(v, int) and v >= 1, "an integer >= 1"),
     ("max_prompt_words", lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
+    ("prompt_tokens", lambda v: v is None or _is_int(v, 1), "None or an integer >= 1"),
     ("llm_timeout_s", lambda v: isinstance(v, (int, float)) and v > 0, "a number of seconds > 0"),
     ("llm_reasks", lambda v: _is_int(v, 0), "an integer >= 0"),
 )
@@ -995,12 +1010,12 @@ def _check_arguments(a: dict) -> dict:
             "meta_prompt_style": style}
 
 
-_SCHEDULE_KEYS = {"steps", "screen", "eval_every"}
+_SCHEDULE_KEYS = {"steps", "screen", "eval_every", "population", "elites"}
 
 
 def _check_schedule(schedule: list[dict] | None) -> list[dict] | None:
-    """A validated copy of ``schedule``: a non-empty list of dicts with integer ``steps`` >= 0, ``screen`` >= 0
-    and ``eval_every`` >= 1, each optional."""
+    """A validated copy of ``schedule``: a non-empty list of dicts with integer ``steps`` >= 0, ``screen`` >= 0,
+    ``eval_every`` >= 1, ``population`` >= 1 and ``elites`` >= 0 (at most the entry's population), each optional."""
     if schedule is None:
         return None
     if isinstance(schedule, (str, dict)) or not isinstance(schedule, (list, tuple)) or not schedule:
@@ -1009,9 +1024,12 @@ def _check_schedule(schedule: list[dict] | None) -> list[dict] | None:
     for i, entry in enumerate(schedule):
         if not isinstance(entry, dict) or set(entry) - _SCHEDULE_KEYS:
             raise ValueError(f"schedule[{i}] must be a dict with keys among {sorted(_SCHEDULE_KEYS)}, got {entry!r}")
-        for key, low in (("steps", 0), ("screen", 0), ("eval_every", 1)):
+        for key, low in (("steps", 0), ("screen", 0), ("eval_every", 1), ("population", 1), ("elites", 0)):
             value = entry.get(key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
                 raise ValueError(f"schedule[{i}][{key!r}] must be an integer >= {low}, got {value!r}")
+        if entry.get("elites") is not None and entry.get("population") is not None and entry["elites"] > entry["population"]:
+            raise ValueError(f"schedule[{i}]: elites ({entry['elites']}) must be at most its population "
+                             f"({entry['population']})")
         out.append(dict(entry))
     return out

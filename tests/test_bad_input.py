@@ -40,7 +40,11 @@ SEARCH_ROWS = [
     ("elites > population", {"population": 4, "elites": 5},
      "elites must be an integer in [0, population] = [0, 4], got 5"),
     ("unknown schedule key", {"schedule": [{"stpes": 1}]},
-     "schedule[0] must be a dict with keys among ['eval_every', 'screen', 'steps'], got {'stpes': 1}"),
+     "schedule[0] must be a dict with keys among ['elites', 'eval_every', 'population', 'screen', 'steps'], got "
+     "{'stpes': 1}"),
+    ("schedule entry with more elites than its population", {"schedule": [{}, {"population": 2, "elites": 3}]},
+     "schedule[1]: elites (3) must be at most its population (2)"),
+    ("prompt_tokens 0", {"prompt_tokens": 0}, "prompt_tokens must be None or an integer >= 1, got 0"),
     ("schedule and generations disagree", {"generations": 2, "schedule": [{}, {}, {}]},
      "generations=2 but schedule has 3 entries (one per generation); pass one of them"),
     ("unknown proposals", {"proposals": "random"}, "proposals must be one of ('llm', 'perturb'), got 'random'"),

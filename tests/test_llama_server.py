@@ -34,22 +34,9 @@ SEEDS = ["the topic of this news article is", "news category:"]
 STYLE = "completion"
 
 
-# The server with weight repacking off (llama.cpp's "extra buffer types"). In CI on a 2-core AMX machine
-# (2026-12-02) the server passed the /models check, then every completion met a closed port: most likely the
-# machine-dependent segfault of ggml's AMX path on repacked weights (llama.cpp's own tracker; this Q4_1 file is
-# repacked there), inferred, not reproduced (an AVX2 machine passes either way). llama-cpp-python's server has no
-# flag for it, so the launcher sets it in the model's default parameters.
-LAUNCH = """
-import llama_cpp.llama_cpp as lib
-_defaults = lib.llama_model_default_params
-def _no_repack():
-    params = _defaults()
-    params.use_extra_bufts = False
-    return params
-lib.llama_model_default_params = _no_repack
-from llama_cpp.server.__main__ import main
-main()
-"""
+# The server with weight repacking off (llama.cpp's "extra buffer types"): on a 2-core AMX machine the server
+# passed the /models check, then died of SIGILL at the first completion (ggml's AMX kernels on repacked weights;
+# ray_llm_search.llm.no_repack). This fixture starts the server itself, so it starts it through that launcher.
 
 
 def _free_port() -> int:
@@ -71,7 +58,7 @@ def llama_server(tmp_path_factory):
         pytest.fail(f"llama-cpp-python[server] is part of the test extra (pip install -e '.[test]'): {e}")
     port = _free_port()
     log_path = tmp_path_factory.mktemp("llama") / "server.log"
-    cmd = [sys.executable, "-c", LAUNCH, "--model", smollm2_gguf(), "--model_alias", "smollm2",
+    cmd = [sys.executable, "-m", "ray_llm_search.llm.no_repack", "--model", smollm2_gguf(), "--model_alias", "smollm2",
            "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--seed", "0",
            # One thread: on a busy machine OpenMP threads spin against each other (2 threads gave 0.7 token/s
            # under load, 1 thread 13 to 17 token/s).

@@ -149,6 +149,9 @@ def test_build_rejects_bad_n(mentor, best_first, n):
         ({"max_words": 0}, "max_words"),
         ({"max_chars": 0}, "max_chars"),
         ({"points_per_trajectory": 0}, "points_per_trajectory"),
+        ({"prompt_tokens": 0}, "prompt_tokens"),
+        ({"prompt_tokens": 2.5}, "prompt_tokens"),
+        ({"prompt_tokens": True}, "prompt_tokens"),
     ],
 )
 def test_constructor_rejects_bad_args(kwargs, match):
@@ -434,3 +437,28 @@ def test_parse_never_returns_more_than_n_or_invalid(mentor):
 def test_imperative_prompts_for_the_classifier_are_kept(mentor):
     parsed = mentor.parse(["1. classify the article by topic", "2. decide the category of this news"], n=5)
     assert parsed.candidates == ["classify the article by topic", "decide the category of this news"]
+
+
+def test_prompt_tokens_tells_the_mentor_how_much_of_a_prompt_is_kept():
+    """Told the trainable's prompt length, the chat meta-prompt says a longer prompt is cut and a shorter one
+    repeated, and asks for about 3 words in 4 tokens (never more than max_words); untold, it says neither."""
+    shown = [Evaluation(0, "the topic is", 0.5, 0.7), Evaluation(0, "news:", 0.6, 0.6)]
+    told = Mentor(TASK, "val_acc", "max", max_words=12, prompt_tokens=8).build_scored(shown, 3)
+    assert "keeps exactly 8 tokens of a prompt" in told and "at most 6 words" in told
+    plain = Mentor(TASK, "val_acc", "max", max_words=12).build_scored(shown, 3)
+    assert "tokens" not in plain and "at most 12 words" in plain
+    assert "at most 4 words" in Mentor(TASK, "val_acc", "max", max_words=4, prompt_tokens=40).build_scored(shown, 3)
+    # the trajectories' meta-prompt says it too, and the parser still takes up to max_words
+    m = Mentor(TASK, "val_acc", "max", max_words=12, prompt_tokens=8)
+    assert "keeps exactly 8 tokens" in m.build([Trajectory("t", 0, "seed", "the topic is",
+                                                           evaluations=[Evaluation(0, "the topic is", 0.5, 0.7)])], 2)
+    assert m.parse(["1. one two three four five six seven eight"], 2).candidates == ["one two three four five six seven eight"]
+
+
+def test_parse_drops_a_length_noted_after_a_prompt():
+    """Told the prompt's length, the 1.5B mentor noted each prompt's: 'how to answer this question?" (5 tokens)'."""
+    m = Mentor(TASK, "val_acc", "max", max_words=12)
+    got = m.parse(['1. "how to answer this question?" (5 tokens)', "2. what's the type of answer needed? (8 words)",
+                   "3. the article covers [6 tokens].", "4. section (2) of the news"], 4).candidates
+    assert got == ["how to answer this question?", "what's the type of answer needed?", "the article covers",
+                   "section (2) of the news"]

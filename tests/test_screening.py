@@ -442,7 +442,7 @@ class ToyEach(Toy):
 
 
 @pytest.mark.parametrize("name", ["chains-paired", "chains-screened", "late-mix", "authors", "authors-faithful", "authors-paired",
-                                  "text-first", "restarts"])
+                                  "text-first", "halving", "restarts"])
 def test_every_preset_spends_the_budget_of_gradient_chains(tmp_path, name):
     from ray_llm_search import presets
 
@@ -504,3 +504,51 @@ def test_preset_names_and_numbers_are_checked():
     assert kw["screen_test"] == "paired" and kw["select"] == "loss"
     paired = presets.preset("chains-paired", steps=8, eval_every=4)
     assert paired["screen_test"] == "paired" and paired["elites"] == 4
+
+
+def test_halving_descends_the_llm_starts_then_keeps_the_best_lineages(tmp_path):
+    """Generation 0 scores the seeds as text; one round gives P new starts and S texts the best seed screens; the
+    P + 1 chains descend, then only the best 2 lineages go on (from their own vectors), then the best one; the
+    mentor is asked once, shown the seeds' text scores, and told the prompt's length."""
+    from ray_llm_search import presets
+
+    llm = Scripted(["junk", "xq zz", "qq qq", "zz xq", "qq xq", "xx yy", "yy zz"])
+    search = LLMSearch.from_preset(llm, "toy task", ["bad start", "junk words"], "halving", steps=2, eval_every=1,
+                                   population=2, generations=3, metric="val_acc", mode="max", log_dir=str(tmp_path),
+                                   prompt_tokens=8)
+    rows = drive(search, base={"steps": 2, "eval_every": 1}, model=ToyEach)
+    schedule = presets.halving_schedule(2, 3, 2, 1)
+    assert [(g.get("population"), g.get("elites"), g["steps"]) for g in schedule] == [
+        (None, None, 0), (3, 1, 2), (2, 2, 1), (1, 1, 4)]
+    trials = {g: sorted({r["trial_id"] for r in rows if r["config"]["generation"] == g}) for g in range(4)}
+    assert [len(trials[g]) for g in range(4)] == [2, 3, 2, 1] and search.total_trials == 8
+    assert len(llm.prompts) == 1 and "\"bad start\"" in llm.prompts[0] and "keeps exactly 8 tokens" in llm.prompts[0]
+    first = {r["config"]["origin"] for r in rows if r["config"]["generation"] == 1}
+    assert first == {"elite", "llm"}
+    # the best seed screened the texts past the new starts, as text, before its first step
+    assert sum(bool(r.get("screen")) for r in rows if r["config"]["generation"] == 1) + sum(
+        str(r.get("start") or "").startswith("candidate") for r in rows if r["config"]["generation"] == 1) == 2
+    # generation 2 continues exactly the 2 best lineages of generation 1 from their vectors, generation 3 the best
+    def best(t):
+        return max((r["val_acc"], -r["loss"]) for r in rows if r["trial_id"] == t and not r.get("screen"))
+
+    ranked = sorted(trials[1], key=best, reverse=True)
+    g2 = [r for r in rows if r["config"]["generation"] == 2]
+    assert all(r["config"]["origin"] == "elite" and r["config"]["resume_from"] for r in g2)
+    lineage = {t.trial_id: t.lineage for t in search.trajectories}
+    assert {lineage[r["trial_id"]] for r in g2} == {lineage[t] for t in ranked[:2]}
+    g3 = {lineage[r["trial_id"]] for r in rows if r["config"]["generation"] == 3}
+    assert len(g3) == 1 and g3 <= {lineage[r["trial_id"]] for r in g2}
+
+
+def test_schedule_population_and_elites_narrow_a_generation(tmp_path):
+    """Per-generation population and elites: a generation of 1 keeps the single best lineage, without a round."""
+    llm = Scripted(["aa bb", "cc dd", "ee ff"])
+    search = LLMSearch(llm, "toy task", ["bad start", "junk words", "xx yy"], metric="val_acc", mode="max",
+                       population=3, elites=1, log_dir=str(tmp_path),
+                       schedule=[{"steps": 1}, {"steps": 1, "population": 1, "elites": 1}])
+    rows = drive(search, base={"steps": 1, "eval_every": 1}, model=ToyEach)
+    assert search.total_trials == 4 and len({r["trial_id"] for r in rows}) == 4
+    assert llm.prompts == []  # nothing new to start: no LLM round
+    last = [r for r in rows if r["config"]["generation"] == 1]
+    assert {r["config"]["origin"] for r in last} == {"elite"}

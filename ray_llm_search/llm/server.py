@@ -11,6 +11,12 @@ Threads: the server computes with ``threads`` threads (default 1) and its OpenMP
 wait (``OMP_WAIT_POLICY=PASSIVE``): spinning threads that share cores with the trials collapse both (measured on
 2 cores: 3.1 s a token against 77 ms). Leave the trials the other cores.
 
+A CPU build can crash at its first completion: llama.cpp repacks the weights for the CPU's widest kernels, and
+on a machine that lists AMX but does not let the process run it, the server dies of an illegal instruction
+(SIGILL) once a request comes, after ``/models`` has answered. ``start`` therefore asks for one token before it
+returns; if the server died of SIGILL it says so in a WARNING and starts it again with repacking off
+(``ray_llm_search.llm.no_repack``, EXPERIMENTAL: llama-cpp-python's server has no setting for it).
+
 Example:
     >>> from ray_llm_search.llm.weights import gguf_path
     >>> with LlamaServer(gguf_path("qwen2.5-coder-1.5b")) as server:
@@ -22,7 +28,9 @@ from __future__ import annotations
 
 import atexit
 import json
+import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -34,6 +42,8 @@ from ray_llm_search.llm.base import LLMError
 from ray_llm_search.llm.openai_chat import OpenAIChat
 
 __all__ = ["LlamaCppChat", "LlamaServer"]
+
+logger = logging.getLogger(__name__)
 
 
 class LlamaServer:
@@ -48,11 +58,14 @@ class LlamaServer:
         start_timeout_s: how long ``start`` waits for the server to list its model.
         log_path: the server's output (default: a temporary file, kept for errors).
         extra_args: further ``llama_cpp.server`` arguments, e.g. ``["--n_gpu_layers", "-1"]``.
+        repack: ``True`` (default): llama.cpp as it is, falling back to ``False`` with a WARNING where the server
+            dies of SIGILL at its first completion; ``False``: weight repacking off from the start
+            (``ray_llm_search.llm.no_repack``, experimental).
     """
 
     def __init__(self, model_path: str, alias: str | None = None, threads: int = 1, n_ctx: int = 4096,
                  host: str = "127.0.0.1", port: int | None = None, start_timeout_s: float = 300.0,
-                 log_path: str | None = None, extra_args: tuple[str, ...] | list[str] = ()) -> None:
+                 log_path: str | None = None, extra_args: tuple[str, ...] | list[str] = (), repack: bool = True) -> None:
         if not os.path.isfile(model_path):
             raise FileNotFoundError(f"GGUF file not found: {model_path!r}")
         if threads < 1 or n_ctx < 256 or start_timeout_s <= 0:
@@ -62,6 +75,7 @@ class LlamaServer:
         self.alias = alias or os.path.basename(model_path).removesuffix(".gguf")
         self.threads, self.n_ctx, self.host, self.port = threads, n_ctx, host, port
         self.start_timeout_s, self.log_path, self.extra_args = start_timeout_s, log_path, list(extra_args)
+        self.repack = bool(repack)
         self.proc: subprocess.Popen | None = None
         self.start_s: float | None = None
 
@@ -72,14 +86,60 @@ class LlamaServer:
         return f"http://{self.host}:{self.port}/v1"
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "llama_cpp.server", "--model", self.model_path, "--model_alias", self.alias,
+        module = "llama_cpp.server" if self.repack else "ray_llm_search.llm.no_repack"
+        return [sys.executable, "-m", module, "--model", self.model_path, "--model_alias", self.alias,
                 "--host", self.host, "--port", str(self.port), "--n_ctx", str(self.n_ctx),
                 "--n_threads", str(self.threads), "--n_threads_batch", str(self.threads), *self.extra_args]
 
     def start(self) -> LlamaServer:
-        """Start the process and wait until it serves; raises ``LLMError("server", ...)`` with its log's tail."""
+        """Start the process and wait until it serves and answers a one-token completion; raises
+        ``LLMError("server", ...)`` with its log's tail. A server that dies of SIGILL at that completion is
+        started again with weight repacking off, with a WARNING (see the module's doc)."""
         if self.proc is not None and self.proc.poll() is None:
             return self
+        self._launch()
+        if self._first_completion():
+            return self
+        code = self._exit_code()
+        if self.repack and code == -signal.SIGILL:
+            logger.warning("llama.cpp's server died of an illegal instruction (SIGILL) at its first completion: this "
+                           "build's repacked CPU kernels cannot run here (the CPU lists AMX: %s). Starting it again "
+                           "with weight repacking off (ray_llm_search.llm.no_repack, experimental); a llama-cpp-python "
+                           "built with CMAKE_ARGS='-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON' "
+                           "avoids it", _cpu_has_amx())
+            self.proc, self.repack = None, False
+            self._launch()
+            if self._first_completion():
+                return self
+            code = self._exit_code()
+        self.stop()
+        raise LLMError("server", f"llama.cpp server failed its first completion (exit code {code}, repacking "
+                                 f"{'on' if self.repack else 'off'}): {self.log_tail()}")
+
+    def _exit_code(self) -> int | None:
+        return None if self.proc is None else self.proc.poll()
+
+    def _first_completion(self) -> bool:
+        """Two tokens asked of the server after a prompt of some 60 tokens (one token of prompt ran where 40 crashed:
+        the repacked kernels serve batches of tokens): whether it answered (a crash shows in the exit code)."""
+        prompt = " ".join(f"{i}," for i in range(30))
+        body = json.dumps({"model": self.alias, "prompt": prompt, "max_tokens": 2}).encode()
+        request = urllib.request.Request(f"{self.base_url}/completions", data=body,
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=self.start_timeout_s) as r:
+                r.read()
+            return True
+        except (OSError, ValueError):
+            if self.proc is not None:
+                try:
+                    self.proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    pass
+            return False
+
+    def _launch(self) -> None:
+        """Start the process and wait until it lists its model."""
         try:
             import llama_cpp.server  # noqa: F401  (checked here, run in its own process)
         except ImportError as e:
@@ -111,7 +171,6 @@ class LlamaServer:
                                          f"{self.log_tail()}")
             time.sleep(0.25)
         self.start_s = time.monotonic() - started
-        return self
 
     def models(self) -> list[str]:
         """The model ids the server lists (empty while it is not answering)."""
@@ -189,6 +248,14 @@ def _die_with_parent():
         return None
     kill = int(signal.SIGKILL)
     return lambda: prctl(1, kill)  # PR_SET_PDEATHSIG
+
+
+def _cpu_has_amx() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return " amx_tile" in f.read()
+    except OSError:
+        return False
 
 
 def _free_port(host: str) -> int:
