@@ -932,6 +932,33 @@ def load_results(path: str) -> dict:
     return {"runs": [], "seed_prompt": [], "commands": []}
 
 
+def merge_results(results: dict, paths: list[str]) -> dict:
+    """Add the runs of other invocations' ``results.json`` files (each run keyed by task, seed and arm; a run
+    of a later file replaces the same key's), their seed-prompt rows and commands; returns counts. Runs at
+    another budget than the ones already there are refused: their numbers do not pair."""
+    added = replaced = 0
+    for path in paths:
+        if not os.path.isfile(path):
+            raise ValueError(f"--merge: no results file at {path!r}")
+        other = load_results(path)
+        budgets = {json.dumps(r["budget"], sort_keys=True) for r in results["runs"] + other["runs"]}
+        if len(budgets) > 1:
+            raise ValueError(f"--merge: {path} holds runs at another budget than the results it would join "
+                             f"({sorted(budgets)})")
+        for run in other["runs"]:
+            key = (run["dataset"], run["seed"], run["arm"])
+            before = len(results["runs"])
+            results["runs"] = [r for r in results["runs"] if (r["dataset"], r["seed"], r["arm"]) != key]
+            replaced += before - len(results["runs"])
+            added += before == len(results["runs"])
+            results["runs"].append(run)
+        have = {(r["dataset"], r["seed"]) for r in results["seed_prompt"]}
+        results["seed_prompt"] += [r for r in other.get("seed_prompt", []) if (r["dataset"], r["seed"]) not in have]
+        results.setdefault("commands", []).extend(c for c in other.get("commands", [])
+                                                  if c not in results["commands"])
+    return {"added": added, "replaced": replaced}
+
+
 def save_results(results: dict, path: str) -> None:
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
@@ -1017,6 +1044,10 @@ def parse_args(argv=None, default_out: str | None = None, prog: str | None = Non
     p.add_argument("--force", action="store_true", help="rerun runs already in results.json")
     p.add_argument("--no-seed-prompt", action="store_true", help="skip the seed prompt's test accuracy row")
     p.add_argument("--replot", action="store_true", help="only rewrite the table and plots from results.json")
+    p.add_argument("--merge", nargs="+", default=None, metavar="RESULTS_JSON",
+                   help="add the runs of other invocations' results.json files (e.g. runs made side by side in other "
+                        "--out folders) to --out's, a run of a later file replacing the same task, seed and arm; "
+                        "then rewrite the table and plots; run nothing")
     p.add_argument("--results-md", default=None,
                    help="also write the tables into this Markdown file, between its lines <!-- compare:begin --> "
                         "and <!-- compare:end --> (added after its title where missing); the rest is kept")
@@ -1048,7 +1079,11 @@ def main(argv=None, llm_factory=None, default_out: str | None = None,
     os.makedirs(args.out, exist_ok=True)
     results_path = os.path.join(args.out, "results.json")
     results = load_results(results_path)
-    if not args.replot:
+    if args.merge:
+        counts = merge_results(results, args.merge)
+        save_results(results, results_path)
+        print(f"merged {', '.join(args.merge)}: {counts['added']} runs added, {counts['replaced']} replaced")
+    elif not args.replot:
         import ray
 
         results.setdefault("commands", []).append(f"{prog} " + " ".join(sys.argv[1:] if argv is None else argv))

@@ -416,3 +416,29 @@ def test_the_selection_study_scores_each_rules_choice_on_test(tmp_path, capsys):
     assert run["select"] == "loss" and run["test_acc"] == study["table"][("sst2", run["arm"], "loss", 3)]
     assert run["test_by_rule"] == {"acc": before, "loss": run["test_acc"]}
     assert "minus gradient only by the same rule" in capsys.readouterr().out
+
+
+def test_merge_adds_runs_of_other_invocations_and_refuses_another_budget(tmp_path):
+    b = {"gradient_steps": 96, "evaluations": 36}
+
+    def run(dataset, seed, arm, acc, budget=b):
+        return {"dataset": dataset, "seed": seed, "arm": arm, "test_acc": acc, "budget": budget}
+
+    results = {"runs": [run("sst2", 0, "gradient", 0.7), run("sst2", 0, "halving", 0.6)],
+               "seed_prompt": [{"dataset": "sst2", "seed": 0, "test_acc": 0.6}], "commands": ["first"]}
+    other = tmp_path / "other.json"
+    compare.save_results({"runs": [run("sst2", 0, "halving", 0.65), run("trec", 1, "halving", 0.5)],
+                          "seed_prompt": [{"dataset": "sst2", "seed": 0, "test_acc": 0.6},
+                                          {"dataset": "trec", "seed": 1, "test_acc": 0.4}],
+                          "commands": ["first", "second"]}, str(other))
+    assert compare.merge_results(results, [str(other)]) == {"added": 1, "replaced": 1}
+    got = {(r["dataset"], r["seed"], r["arm"]): r["test_acc"] for r in results["runs"]}
+    assert got == {("sst2", 0, "gradient"): 0.7, ("sst2", 0, "halving"): 0.65, ("trec", 1, "halving"): 0.5}
+    assert len(results["seed_prompt"]) == 2 and results["commands"] == ["first", "second"]
+    elsewhere = tmp_path / "elsewhere.json"
+    compare.save_results({"runs": [run("sst2", 1, "gradient", 0.7, {"gradient_steps": 48, "evaluations": 18})],
+                          "seed_prompt": [], "commands": []}, str(elsewhere))
+    with pytest.raises(ValueError, match="another budget"):
+        compare.merge_results(results, [str(elsewhere)])
+    with pytest.raises(ValueError, match="no results file"):
+        compare.merge_results(results, [str(tmp_path / "missing.json")])
