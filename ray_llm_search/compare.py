@@ -466,10 +466,13 @@ def run_arm(args, dataset: str, seed: int, arm: str, storage: str, llm_factory=N
     else:
         # at most P trials at once under the workers budget; PBT's exploits and explored rates (pbt_scheduler)
         extra = {"max_concurrent_trials": args.population} if b["kind"] == "workers" else {}
-        if arm == "pbt":
+        if arm == "pbt":  # PBT takes no search algorithm: the chains are a grid over the config (make_search)
             extra.update(scheduler=pbt_scheduler(args, seed), stop={"step": config["steps"]})
-        tune.run(train_text_prompt, name=name, storage_path=storage, config=config, search_alg=search,
-                 num_samples=search.total_trials, resources_per_trial={"cpu": 1}, metric="val_acc", mode="max",
+        else:
+            extra.update(search_alg=search)
+        tune.run(train_text_prompt, name=name, storage_path=storage, config=config,
+                 num_samples=1 if search is None else search.total_trials, resources_per_trial={"cpu": 1},
+                 metric="val_acc", mode="max",
                  callbacks=[recorder], verbose=args.verbose, raise_on_failed_trial=False, reuse_actors=True,
                  trial_dirname_creator=lambda trial: f"phase_{trial.trial_id}", **extra)
     search_wall = time.time() - started
@@ -524,15 +527,26 @@ def pbt_scheduler(args, seed: int):
 
 def make_search(args, arm: str, task: str, seeds: list[str], seed: int, log_dir: str, config: dict,
                 llm_factory=None) -> tuple[Searcher, object]:
-    """The arm's searcher and its LLM (``None`` for gradient only and PBT); LLM only sets ``config["steps"] = 0``;
-    PBT sets ``config["steps"]`` to one chain's ``G*K`` and keeps every evaluation's vectors (``select_best``)."""
+    """The arm's searcher and its LLM (``None`` for gradient only and PBT); LLM only sets ``config["steps"] = 0``.
+    PBT has no searcher (Tune's ``PopulationBasedTraining`` refuses one): ``config`` becomes its ``P`` chains, a
+    grid over ``chain`` whose start text and phase seed are those of the gradient arm's generation 0 (the same
+    ``random.Random(seed)`` draws), each of one chain's ``G*K`` steps, every evaluation's vectors kept
+    (``select_best``)."""
+    from ray import tune
+
     from ray_llm_search import LLMSearch
 
     if arm == "gradient":
         return GradientChains(seeds, args.population, args.generations, seed, log_dir), None
-    if arm == "pbt":  # P chains of G*K steps, started like the gradient arm's generation 0 (seeds, phase seeds)
-        config.update(steps=args.generations * args.steps, keep_all_vectors=True)
-        return GradientChains(seeds, args.population, 1, seed, log_dir), None
+    if arm == "pbt":
+        rng = random.Random(seed)
+        starts = [(seeds[i % len(seeds)], rng.randrange(2**31)) for i in range(args.population)]
+        config.update(chain=tune.grid_search(list(range(args.population))),
+                      prompt_init=tune.sample_from(lambda spec: starts[spec.config.chain][0]),
+                      phase_seed=tune.sample_from(lambda spec: starts[spec.config.chain][1]),
+                      resume_from=None, generation=0, origin="seed", vector_dir=os.path.join(log_dir, "vectors"),
+                      steps=args.generations * args.steps, keep_all_vectors=True)
+        return None, None
     perturbed = arm == "perturb+gradient" or (arm in SCREENED_ARMS and SCREENED_ARMS[arm][0] == "perturb")
     llm = NoLLM() if perturbed else (llm_factory or make_llm)(args, seed)
     common = {"metric": "val_acc", "mode": "max", "max_prompt_words": args.max_prompt_words, "seed": seed,
