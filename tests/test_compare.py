@@ -494,3 +494,28 @@ def test_worker_span_schedules_generations_one_after_another():
     assert compare.worker_span(work, 1) == (16 + 16 + 6, 2 + 1 + 3)
     with pytest.raises(ValueError, match="workers must be >= 1, got 0"):
         compare.worker_span(work, 0)
+
+
+@pytest.mark.slow
+def test_workers_budget_end_to_end_one_chain_gets_one_workers_steps_and_tables_keep_budgets_apart(tmp_path):
+    common = ["--datasets", "sst2", "--seeds", "3", "--generations", "5", "--population", "2", "--steps", "2",
+              "--eval-every", "1", "--shots", "2", "--val-shots", "2", "--test-size", "10", "--max-length", "32",
+              "--backend", "inline", "--out", str(tmp_path / "out"), "--storage", str(tmp_path / "storage"),
+              "--data-root", str(SHARED_DATA), "--no-seed-prompt"]
+    compare.main(common + ["--arms", "gradient", "authors-perturb-paired", "--budget", "workers"])
+    result = compare.main(common + ["--arms", "gradient"])  # the equal-compute run beside it, not over it
+    runs = {(r["arm"], compare.budget_kind(r)): r for r in result["results"]["runs"]}
+    assert set(runs) == {("gradient", "workers"), ("authors-perturb-paired", "workers"), ("gradient", "compute")}
+    one = runs[("authors-perturb-paired", "workers")]
+    # one chain: 4 short phases and a descent, G*K = 10 steps and G*E = 15 evaluations in all, on one worker
+    assert (one["trials"], one["gradient_steps"], one["worker_steps"], one["n_evaluations"]) == (5, 10, 10, 15)
+    chains = runs[("gradient", "workers")]
+    assert (chains["gradient_steps"], chains["worker_steps"], chains["worker_evaluations"]) == (20, 10, 15)
+    assert runs[("gradient", "compute")]["gradient_steps"] == 20 and "kind" in runs[("gradient", "compute")]["budget"]
+    table = result["table"]
+    compute, workers = table.split("Budget: P workers")
+    assert "Budget: equal compute" in compute and "| sst2 | gradient only | 1 | " in compute
+    row = f"| sst2 | {compare.ARM_LABELS['authors-perturb-paired']} | 1 |"
+    assert row not in compute and row in workers and "| 10 (10) | 15 (15) |" in workers  # never in one table
+    with pytest.raises(ValueError, match="different budgets are never paired"):
+        compare.paired_table(result["results"]["runs"])
