@@ -26,12 +26,26 @@ The arms, on the same data splits (fixed by the run seed), ``G`` generations of 
 | ``authors`` / ``authors-perturb`` | the MaaO authors' regime and its no-LLM twin, one chain, 3 short phases each followed by an LLM round whose candidates are screened against the chain, then one long descent (``authors_schedule``) | ``G*P*K`` | ``G*P*E`` | 3 / 0 |
 | ``authors-faithful`` | ``authors`` with the mentor shown texts scored as text (``mentor_scores="text"``): the phases before each round score their best vectors' projection, one candidate fewer is screened per round | ``G*P*K`` | ``G*P*E`` | 3 |
 | ``authors-paired`` / ``authors-perturb-paired`` | ``LLMSearch``'s default design (``presets.DEFAULT``) and its twin: ``authors`` with candidates adopted only on the paired sign test (the preset ``"authors-paired"``) | ``G*P*K`` | ``G*P*E`` | 3 / 0 |
+| ``pbt`` | the peer a Ray user would pick: Tune's ``PopulationBasedTraining`` over ``P`` chains of ``G*K`` steps (the text trainable, started like ``gradient``'s generation 0); every ``K`` steps the bottom quantile takes a top chain's vectors from its Tune checkpoint and explores the learning rate (``pbt_scheduler``); needs ``--backend tune`` | ``G*P*K`` | at most ``G*P*E``: ``P*(1 + G*K/eval_every)`` plus one per exploit | 0 |
 
 Without ``--arms``: ``gradient``, ``authors-perturb-paired``, ``llm``, ``authors-paired`` (gradient only, restarts without
 an LLM in the default design's allocation, LLM only, ``LLMSearch``'s default).
 
 ``K`` = ``--steps`` per phase, ``E = K / eval_every + 1`` evaluations per phase (a phase also evaluates its
-start). Generation 0 of ``gradient`` and ``llm+gradient`` is the same set of trials (same starts, same phase
+start).
+
+``--budget`` says what is held equal. ``compute`` (the default; the table above): every arm spends ``G*P*K``
+gradient steps and ``G*P*E`` evaluations in all, so a one-chain design (the authors' regimes, ``text-first``:
+one trial at a time) gets every step, and on a cluster of ``P`` workers leaves ``P-1`` of them idle. ``workers``
+(equal wall-clock on ``P`` workers): every arm runs at most ``P`` trials at once (Tune's
+``max_concurrent_trials``) and each worker gets one chain's ``G*K`` steps and ``G*E`` evaluations; an arm of
+``P`` chains (gradient only, LLM only, the chains designs, PBT) spends what it spends at equal compute, a
+one-chain design is built at the budget of one chain (``presets.preset(population=1)``): ``G*K`` steps in all
+(``--generations`` must leave its rounds room: the command says so). It is counted from what the trials
+reported (``worker_span``): the generations one after another, each generation's trials in creation order,
+each on the worker that has done least so far; the busiest worker's steps and evaluations must be the budget's.
+Every run records its budget (``"budget": {"kind": ...}``); runs of the two budgets are kept side by side in
+``results.json`` and never share a table or a pair. Generation 0 of ``gradient`` and ``llm+gradient`` is the same set of trials (same starts, same phase
 seeds), so the arms differ only in what starts the later phases: the chain's own vectors, or the LLM's
 prompts plus one elite. After the search, the arm's final prompt is evaluated once on the test split: the
 evaluation its design chooses (``arm_select``: the lowest validation loss for the authors' designs, which
