@@ -530,7 +530,8 @@ def pbt_scheduler(args, seed: int):
     rate (Tune's perturbation: resampled from ``--lr`` / 10 .. ``--lr`` * 10 with probability 0.25, else times 0.8
     or 1.2). ``synch=True``: every chain waits at each ``K`` steps for the others, so an exploited chain continues
     at the step it reached itself (its steps are counted like any chain's). PBT draws its choices from Python's
-    ``random`` module, seeded here with the run's seed."""
+    ``random`` module, seeded here with the run's seed; Tune draws from it too, so two runs of the same seed may
+    explore other rates (the donors and the steps of the exploits have been the same in the runs seen)."""
     from ray import tune
     from ray.tune.schedulers import PopulationBasedTraining
 
