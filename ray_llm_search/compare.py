@@ -1111,7 +1111,9 @@ def _value_at(curve: list, x: float) -> float:
 def write_tensorboard(run: dict, out: str) -> None:
     from tensorboardX import SummaryWriter
 
-    folder = os.path.join(out, "tensorboard", run["dataset"], f"{run['arm'].replace('+', '_')}_seed{run['seed']}")
+    kind = budget_kind(run)  # runs of another budget than equal compute: a folder of their own
+    folder = os.path.join(out, "tensorboard", run["dataset"], f"{run['arm'].replace('+', '_')}_seed{run['seed']}"
+                          + ("" if kind == "compute" else f"_{kind}"))
     writer = SummaryWriter(folder)
     for x, v in run["curve_steps"]:
         writer.add_scalar("best_so_far_val_acc/by_gradient_steps", v, int(x))
