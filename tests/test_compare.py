@@ -241,7 +241,8 @@ def test_sentence_pairs_with_a_linear_head(tmp_path, one_torch_thread):
 # The authors' regime needs a longer budget than the tiny run's (its own test below).
 # the one-chain designs (the authors' regime, text-first) have tests of their own; their budgets are also checked
 # by every run (compare.check_budget) and by test_screening's test of every preset
-TINY_ARMS = [a for a in compare.ARMS if not a.startswith(("authors", "text-first"))]
+# (PBT has its own tiny run: tests/test_pbt.py)
+TINY_ARMS = [a for a in compare.ARMS if not a.startswith(("authors", "text-first")) and a != "pbt"]
 
 
 def test_authors_schedule_spends_the_gradient_arms_budget_or_says_why_not():
