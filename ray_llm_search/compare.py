@@ -45,7 +45,9 @@ one-chain design is built at the budget of one chain (``presets.preset(populatio
 reported (``worker_span``): the generations one after another, each generation's trials in creation order,
 each on the worker that has done least so far; the busiest worker's steps and evaluations must be the budget's.
 Every run records its budget (``"budget": {"kind": ...}``); runs of the two budgets are kept side by side in
-``results.json`` and never share a table or a pair. Generation 0 of ``gradient`` and ``llm+gradient`` is the same set of trials (same starts, same phase
+``results.json`` and never share a table or a pair.
+
+Generation 0 of ``gradient`` and ``llm+gradient`` is the same set of trials (same starts, same phase
 seeds), so the arms differ only in what starts the later phases: the chain's own vectors, or the LLM's
 prompts plus one elite. After the search, the arm's final prompt is evaluated once on the test split: the
 evaluation its design chooses (``arm_select``: the lowest validation loss for the authors' designs, which
