@@ -27,12 +27,28 @@ The arms, on the same data splits (fixed by the run seed), ``G`` generations of 
 | ``authors-faithful`` | ``authors`` with the mentor shown texts scored as text (``mentor_scores="text"``): the phases before each round score their best vectors' projection, one candidate fewer is screened per round | ``G*P*K`` | ``G*P*E`` | 3 |
 | ``halving`` / ``halving-perturb`` | generation 0 scores the ``P`` seeds as text; one LLM (perturbed) round gives ``P`` new starts and ``S`` texts the best seed screens; ``P + 1`` chains descend ``K`` steps, the best 2 go on, then the best one takes the rest (the preset ``"halving"``) | ``G*P*K`` | ``G*P*E`` | 1 / 0 |
 | ``authors-paired`` / ``authors-perturb-paired`` | ``LLMSearch``'s default design (``presets.DEFAULT``) and its twin: ``authors`` with candidates adopted only on the paired sign test (the preset ``"authors-paired"``) | ``G*P*K`` | ``G*P*E`` | 3 / 0 |
+| ``pbt`` | the peer a Ray user would pick: Tune's ``PopulationBasedTraining`` over ``P`` chains of ``G*K`` steps (the text trainable, started like ``gradient``'s generation 0); every ``K`` steps the bottom quantile takes a top chain's vectors from its Tune checkpoint and explores the learning rate (``pbt_scheduler``); needs ``--backend tune`` | ``G*P*K`` | at most ``G*P*E``: ``P*(1 + G*K/eval_every)`` plus one per exploit | 0 |
 
 Without ``--arms``: ``gradient``, ``authors-perturb-paired``, ``llm``, ``authors-paired`` (gradient only, restarts without
 an LLM in the default design's allocation, LLM only, ``LLMSearch``'s default).
 
 ``K`` = ``--steps`` per phase, ``E = K / eval_every + 1`` evaluations per phase (a phase also evaluates its
-start). Generation 0 of ``gradient`` and ``llm+gradient`` is the same set of trials (same starts, same phase
+start).
+
+``--budget`` says what is held equal. ``compute`` (the default; the table above): every arm spends ``G*P*K``
+gradient steps and ``G*P*E`` evaluations in all, so a one-chain design (the authors' regimes, ``text-first``:
+one trial at a time) gets every step, and on a cluster of ``P`` workers leaves ``P-1`` of them idle. ``workers``
+(equal wall-clock on ``P`` workers): every arm runs at most ``P`` trials at once (Tune's
+``max_concurrent_trials``) and each worker gets one chain's ``G*K`` steps and ``G*E`` evaluations; an arm of
+``P`` chains (gradient only, LLM only, the chains designs, PBT) spends what it spends at equal compute, a
+one-chain design is built at the budget of one chain (``presets.preset(population=1)``): ``G*K`` steps in all
+(``--generations`` must leave its rounds room: the command says so). It is counted from what the trials
+reported (``worker_span``): the generations one after another, each generation's trials in creation order,
+each on the worker that has done least so far; the busiest worker's steps and evaluations must be the budget's.
+Every run records its budget (``"budget": {"kind": ...}``); runs of the two budgets are kept side by side in
+``results.json`` and never share a table or a pair.
+
+Generation 0 of ``gradient`` and ``llm+gradient`` is the same set of trials (same starts, same phase
 seeds), so the arms differ only in what starts the later phases: the chain's own vectors, or the LLM's
 prompts plus one elite. After the search, the arm's final prompt is evaluated once on the test split: the
 evaluation its design chooses (``arm_select``: the lowest validation loss for the authors' designs, which
@@ -73,7 +89,8 @@ from trainables.benchmarks import BENCHMARKS  # noqa: E402
 
 ARMS = ("gradient", "llm", "llm+gradient", "perturb+gradient", "screened", "screened-perturb", "screened-paired",
         "screened-perturb-paired", "late-mix", "late-mix-perturb", "late-text", "authors", "authors-perturb",
-        "authors-faithful", "authors-paired", "authors-perturb-paired", "text-first", "text-first-perturb", "halving", "halving-perturb")
+        "authors-faithful", "authors-paired", "authors-perturb-paired", "text-first", "text-first-perturb", "halving",
+        "halving-perturb", "pbt")
 ARM_LABELS = {"gradient": "gradient only", "llm": "LLM only (OPRO-style)", "llm+gradient": "LLM + gradient (LLMSearch, restarts)",
               "screened": "chains + screened LLM starts", "screened-perturb": "chains + screened perturbed starts (no LLM)",
               "late-mix": "chains + late warm LLM restarts",
@@ -90,7 +107,14 @@ ARM_LABELS = {"gradient": "gradient only", "llm": "LLM only (OPRO-style)", "llm+
               "text-first": "3 LLM rounds on text (text against text), then one descent",
               "text-first-perturb": "3 rounds of perturbed texts on text, then one descent (no LLM)",
               "halving": "LLM starts as lineages, the best kept after descent (successive halving)",
-              "halving-perturb": "perturbed starts as lineages, the best kept after descent (no LLM)"}
+              "halving-perturb": "perturbed starts as lineages, the best kept after descent (no LLM)",
+              "pbt": "Tune's PopulationBasedTraining over P gradient chains (no LLM)"}
+# The budgets a comparison can hold fixed (--budget): the same total compute (gradient steps and forward
+# evaluations, however many trials run at once), or P workers with the same steps per worker (the wall-clock of a
+# cluster of P workers: each arm runs at most P trials at once, each worker G*K steps and G*E evaluations).
+BUDGETS = ("compute", "workers")
+BUDGET_LABELS = {"compute": "equal compute (G*P*K steps, G*P*E evaluations per arm)",
+                 "workers": "P workers, the same steps per worker (G*K steps, G*E evaluations each)"}
 # The arms in which new starts are screened: arm -> (where candidates come from, when they are screened, how
 # a winning candidate starts: None = --candidate-start, the test it must pass). "early": generation 0 scores
 # the seed prompts as text and every chain screens candidates before its first step; "late": the chains
@@ -127,6 +151,8 @@ CONTROLS = (("llm+gradient", "perturb+gradient"), ("screened", "screened-perturb
 # Ablations: an arm minus the same arm with one thing changed (the mentor shown vector scores; candidates
 # adopted on any gain instead of a paired test; a warm restart instead of a restart from the text).
 ABLATIONS = tuple((a, b) for a, b in FAITHFUL_ARMS.items()) + (("authors-paired", "authors"), ("late-mix", "late-text"))
+# LLMSearch's default against the peer a Ray user would pick without it (Tune's PBT over the same chains).
+PEERS = (("authors-paired", "pbt"), ("authors-perturb-paired", "pbt"))
 # gradient only, its no-LLM twin (the same allocation as LLMSearch's default, perturbed texts), LLM only,
 # LLMSearch's default design (presets.DEFAULT)
 DEFAULT_ARMS = ("gradient", "authors-perturb-paired", "llm", "authors-paired")
@@ -362,7 +388,7 @@ NEW_ARG_DEFAULTS = {"candidate_start": "text", "screen_margin": 0, "tell_length"
 def check_recorded(run: dict, args, b: dict) -> None:
     """A run already in results.json is reused only if it was made at this budget and with these settings."""
     where = f"results.json holds {run['dataset']}/{run['arm']}/seed {run['seed']}"
-    if run["budget"] != b:
+    if {"kind": "compute", **run["budget"]} != b:  # runs recorded before --budget existed: equal compute
         raise ValueError(f"{where} at another budget ({run['budget']}); use --force or another --out")
     recorded = {**NEW_ARG_DEFAULTS, **run.get("args", {})}  # runs recorded before these flags existed
     differ = {k: (recorded.get(k), setting(args, run["dataset"], k) if k in GLOBAL_DEFAULTS else getattr(args, k))
@@ -378,14 +404,41 @@ def check_recorded(run: dict, args, b: dict) -> None:
 
 
 def budget(args) -> dict:
+    """The budget every arm of a run spends (``--budget``). ``"compute"``: ``gradient_steps`` = ``G*P*K`` and
+    ``evaluations`` = ``G*P*E`` in all, however many trials run at once. ``"workers"``: ``P`` workers
+    (``workers``), each ``worker_steps`` = ``G*K`` steps and ``worker_evaluations`` = ``G*E`` evaluations (one
+    gradient chain's), at most ``P`` trials at once; ``gradient_steps`` and ``evaluations`` are then what the
+    ``P`` workers hold together, which a design that leaves workers idle does not spend."""
     if args.steps % args.eval_every:
         raise ValueError(f"--steps ({args.steps}) must be a multiple of --eval-every ({args.eval_every})")
+    kind = getattr(args, "budget", "compute")
+    if kind not in BUDGETS:
+        raise ValueError(f"budget must be one of {BUDGETS}, got {kind!r}")
     evals_per_phase = args.steps // args.eval_every + 1
-    return {"generations": args.generations, "population": args.population, "steps_per_phase": args.steps,
-            "eval_every": args.eval_every, "evals_per_phase": evals_per_phase,
-            "gradient_steps": args.generations * args.population * args.steps,
-            "evaluations": args.generations * args.population * evals_per_phase,
-            "llm_calls": args.generations - 1}
+    b = {"kind": kind, "generations": args.generations, "population": args.population, "steps_per_phase": args.steps,
+         "eval_every": args.eval_every, "evals_per_phase": evals_per_phase,
+         "gradient_steps": args.generations * args.population * args.steps,
+         "evaluations": args.generations * args.population * evals_per_phase,
+         "llm_calls": args.generations - 1}
+    if kind == "workers":
+        b.update(workers=args.population, worker_steps=args.generations * args.steps,
+                 worker_evaluations=args.generations * evals_per_phase)
+    return b
+
+
+def budget_kind(run: dict) -> str:
+    """The budget a recorded run was made at (runs recorded before ``--budget`` existed: ``"compute"``)."""
+    return run.get("budget", {}).get("kind", "compute")
+
+
+def design_population(arm: str, args) -> int:
+    """How many trials the arm runs at once at ``--population`` ``P``: ``P``, or the preset's own (the authors'
+    designs and text-first run one chain: 1). Under ``--budget workers`` a design gets the budget of that many
+    workers (``presets.budget(population=...)``): one chain gets one worker's steps."""
+    if arm not in ARM_PRESETS:
+        return args.population
+    return presets.preset(ARM_PRESETS[arm], population=args.population, generations=args.generations,
+                          steps=args.steps, eval_every=args.eval_every)["population"]
 
 
 def base_config(args, dataset: str, seed: int) -> dict:
@@ -434,10 +487,17 @@ def run_arm(args, dataset: str, seed: int, arm: str, storage: str, llm_factory=N
     if args.backend == "inline":
         drive_inline(search, config, recorder)
     else:
-        tune.run(train_text_prompt, name=name, storage_path=storage, config=config, search_alg=search,
-                 num_samples=search.total_trials, resources_per_trial={"cpu": 1}, metric="val_acc", mode="max",
+        # at most P trials at once under the workers budget; PBT's exploits and explored rates (pbt_scheduler)
+        extra = {"max_concurrent_trials": args.population} if b["kind"] == "workers" else {}
+        if arm == "pbt":  # PBT takes no search algorithm: the chains are a grid over the config (make_search)
+            extra.update(scheduler=pbt_scheduler(args, seed), stop={"step": config["steps"]})
+        else:
+            extra.update(search_alg=search)
+        tune.run(train_text_prompt, name=name, storage_path=storage, config=config,
+                 num_samples=1 if search is None else search.total_trials, resources_per_trial={"cpu": 1},
+                 metric="val_acc", mode="max",
                  callbacks=[recorder], verbose=args.verbose, raise_on_failed_trial=False, reuse_actors=True,
-                 trial_dirname_creator=lambda trial: f"phase_{trial.trial_id}")
+                 trial_dirname_creator=lambda trial: f"phase_{trial.trial_id}", **extra)
     search_wall = time.time() - started
     evaluations = recorder.evaluations()
     counts = check_budget(arm, evaluations, b)
@@ -457,7 +517,8 @@ def run_arm(args, dataset: str, seed: int, arm: str, storage: str, llm_factory=N
         "llm_prompt_tokens": int(usage.get("prompt_tokens", 0)),
         "llm_completion_tokens": int(usage.get("completion_tokens", 0)),
         "llm_s": round(getattr(search, "llm_seconds", 0.0), 1),
-        "curve_steps": best_so_far(evaluations, b, "steps"), "curve_evals": best_so_far(evaluations, b, "evals"),
+        "curve_steps": best_so_far(evaluations, curve_budget(b), "steps"),
+        "curve_evals": best_so_far(evaluations, curve_budget(b), "evals"),
         "evaluations": evaluations, "experiment": os.path.join(storage, name),
         "split_sizes": _split_sizes(config),
     }
@@ -471,13 +532,45 @@ def _run_llm(args, llm, llm_factory=None) -> str | None:
     return llm_label(args) if llm_factory is None else type(llm).__name__
 
 
+def pbt_scheduler(args, seed: int):
+    """Tune's ``PopulationBasedTraining`` for the ``pbt`` arm: every ``K`` steps (``time_attr="step"``, the
+    phases' own step count) the chains in the bottom quantile take the vectors, head, optimizer state and step of
+    one in the top quantile (its Tune checkpoint: ``trainables.phase``'s restart path) and explore the learning
+    rate (Tune's perturbation: resampled from ``--lr`` / 10 .. ``--lr`` * 10 with probability 0.25, else times 0.8
+    or 1.2). ``synch=True``: every chain waits at each ``K`` steps for the others, so an exploited chain continues
+    at the step it reached itself (its steps are counted like any chain's). PBT draws its choices from Python's
+    ``random`` module, seeded here with the run's seed; Tune draws from it too, so two runs of the same seed may
+    explore other rates (the donors and the steps of the exploits have been the same in the runs seen)."""
+    from ray import tune
+    from ray.tune.schedulers import PopulationBasedTraining
+
+    random.seed(seed)
+    return PopulationBasedTraining(time_attr="step", perturbation_interval=args.steps, synch=True,
+                                   hyperparam_mutations={"lr": tune.loguniform(args.lr / 10, args.lr * 10)})
+
+
 def make_search(args, arm: str, task: str, seeds: list[str], seed: int, log_dir: str, config: dict,
                 llm_factory=None) -> tuple[Searcher, object]:
-    """The arm's searcher and its LLM (``None`` for gradient only); LLM only sets ``config["steps"] = 0``."""
+    """The arm's searcher and its LLM (``None`` for gradient only and PBT); LLM only sets ``config["steps"] = 0``.
+    PBT has no searcher (Tune's ``PopulationBasedTraining`` refuses one): ``config`` becomes its ``P`` chains, a
+    grid over ``chain`` whose start text and phase seed are those of the gradient arm's generation 0 (the same
+    ``random.Random(seed)`` draws), each of one chain's ``G*K`` steps, every evaluation's vectors kept
+    (``select_best``)."""
+    from ray import tune
+
     from ray_llm_search import LLMSearch
 
     if arm == "gradient":
         return GradientChains(seeds, args.population, args.generations, seed, log_dir), None
+    if arm == "pbt":
+        rng = random.Random(seed)
+        starts = [(seeds[i % len(seeds)], rng.randrange(2**31)) for i in range(args.population)]
+        config.update(chain=tune.grid_search(list(range(args.population))),
+                      prompt_init=tune.sample_from(lambda spec: starts[spec.config.chain][0]),
+                      phase_seed=tune.sample_from(lambda spec: starts[spec.config.chain][1]),
+                      resume_from=None, generation=0, origin="seed", vector_dir=os.path.join(log_dir, "vectors"),
+                      steps=args.generations * args.steps, keep_all_vectors=True)
+        return None, None
     perturbed = arm == "perturb+gradient" or (arm in SCREENED_ARMS and SCREENED_ARMS[arm][0] == "perturb")
     llm = NoLLM() if perturbed else (llm_factory or make_llm)(args, seed)
     common = {"metric": "val_acc", "mode": "max", "max_prompt_words": args.max_prompt_words, "seed": seed,
@@ -492,9 +585,11 @@ def make_search(args, arm: str, task: str, seeds: list[str], seed: int, log_dir:
                          elites=args.elites, proposals="perturb" if arm == "perturb+gradient" else "llm",
                          **common), llm
     proposals, _, candidate_start, _ = SCREENED_ARMS[arm]
+    # under the workers budget a design gets as many workers' steps as it runs trials at once
+    population = design_population(arm, args) if budget(args)["kind"] == "workers" else args.population
     return LLMSearch.from_preset(
         llm, task, seeds, ARM_PRESETS[arm], steps=args.steps, eval_every=args.eval_every,
-        population=args.population, generations=args.generations, proposals=proposals,
+        population=population, generations=args.generations, proposals=proposals,
         candidate_start=candidate_start or args.candidate_start, screen_margin=args.screen_margin, **common), llm
 
 
@@ -569,7 +664,9 @@ class Recorder(Callback):
             return
         # a function trainable's final result may repeat its last report: one row per (trial, step, screen)
         # (a projection evaluated as text is a screen row of its own, after the phase's last step)
-        index = -2 if result.get("projection") else int(result.get("screen_index", -1)) if result.get("screen") else -1
+        # (an exploit's start, at a step the trial has evaluated itself before, is one of its own too)
+        index = (-2 if result.get("projection") else int(result.get("screen_index", -1)) if result.get("screen")
+                 else -3 if result.get("exploited_from") else -1)
         key = (trial_id, int(result["step"]), index)
         self.rows[key] = {
             "trial_id": trial_id, "generation": int(cfg.get("generation", 0)),
@@ -582,32 +679,86 @@ class Recorder(Callback):
             "projection": bool(result.get("projection")), "evaluations": result.get("evaluations"), "start": result.get("start"),
             "start_text": result.get("start_text"), "step_vectors_path": result.get("step_vectors_path"),
             "loss_vectors_path": None if result.get("screen") else result.get("loss_vectors_path"),
+            "exploited_from": result.get("exploited_from"), "lr": cfg.get("lr"),
         }
 
     def evaluations(self) -> list[dict]:
         return sorted(self.rows.values(), key=lambda r: (r["generation"], r["trial_id"], r["step"], not r["screen"]))
 
 
-def check_budget(arm: str, evaluations: list[dict], b: dict) -> dict:
-    """Gradient steps and evaluations as the trials reported them; raises if they are not the budget.
-
-    A trial's evaluations are the forward evaluations it says it computed (``evaluations``, screened candidates
-    included, a reused start score excluded); a trial that does not say is counted by its rows."""
-    last_step: dict[str, int] = {}
-    per_trial: dict[str, int] = {}
+def trial_work(evaluations: list[dict]) -> dict[str, dict]:
+    """Per trial, from what it reported: its ``generation``, gradient ``steps`` (its last step) and forward
+    ``evaluations`` (the count it says it computed: screened candidates included, a reused start score excluded;
+    counted by its rows where it does not say, or where it started from another trial's checkpoint, a PBT exploit,
+    whose count continues the donor's). An exploited trial must have reached the exploit's step itself (PBT in
+    synchronous mode): its steps are then its last step, as for any other trial."""
+    work: dict[str, dict] = {}
     said: dict[str, int] = {}
+    own_steps: dict[str, set] = {}
     for e in evaluations:
-        last_step[e["trial_id"]] = max(last_step.get(e["trial_id"], 0), e["step"])
-        per_trial[e["trial_id"]] = per_trial.get(e["trial_id"], 0) + 1
+        t = e["trial_id"]
+        w = work.setdefault(t, {"generation": int(e.get("generation", 0)), "steps": 0, "rows": 0, "exploits": []})
+        w["steps"] = max(w["steps"], int(e["step"]))
+        w["rows"] += 0 if e.get("reused") else 1
+        if e.get("exploited_from"):
+            w["exploits"].append(int(e["step"]))
+        else:
+            own_steps.setdefault(t, set()).add(int(e["step"]))
         if e.get("evaluations") is not None:
-            said[e["trial_id"]] = max(said.get(e["trial_id"], 0), int(e["evaluations"]))
-    steps = sum(last_step.values())
-    n_evals = sum(said.get(t, n) for t, n in per_trial.items())
-    want_steps = 0 if arm == "llm" else b["gradient_steps"]
-    if steps != want_steps or n_evals != b["evaluations"]:
-        raise AssertionError(f"arm {arm}: trials reported {steps} gradient steps and {n_evals} evaluations; the budget "
-                             f"is {want_steps} and {b['evaluations']} ({len(per_trial)} trials)")
-    return {"gradient_steps": steps, "n_evaluations": n_evals, "trials": len(per_trial),
+            said[t] = max(said.get(t, 0), int(e["evaluations"]))
+    for t, w in work.items():
+        behind = [s for s in w["exploits"] if s not in own_steps.get(t, set())]
+        if behind:
+            raise AssertionError(f"trial {t} took another trial's checkpoint at step {behind[0]}, which it had not "
+                                 "reached itself: its steps cannot be counted by its last step (run PBT with synch=True)")
+        w["evaluations"] = w["rows"] if w["exploits"] or t not in said else said[t]
+    return work
+
+
+def worker_span(work: dict[str, dict], workers: int) -> tuple[int, int]:
+    """``(steps, evaluations)`` of the busiest of ``workers`` workers when the trials run as Tune runs them: the
+    generations one after another (a generation's trials wait for the last one before), each generation's trials
+    in the order they were created (trial ids), each taken by the worker that has done least so far; steps and
+    evaluations each scheduled this way on their own. One trial per generation puts all of a chain's steps on
+    one worker; ``P`` chains on ``P`` workers give each its chain's."""
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers!r}")
+    span = [0, 0]
+    for g in sorted({w["generation"] for w in work.values()}):
+        trials = [work[t] for t in sorted(work) if work[t]["generation"] == g]
+        for i, key in enumerate(("steps", "evaluations")):
+            lanes = [0] * workers
+            for w in trials:
+                lanes[lanes.index(min(lanes))] += w[key]
+            span[i] += max(lanes)
+    return span[0], span[1]
+
+
+def check_budget(arm: str, evaluations: list[dict], b: dict) -> dict:
+    """Gradient steps and evaluations as the trials reported them (``trial_work``); raises if they are not the
+    budget ``b``.
+
+    ``b["kind"] == "compute"``: the steps and evaluations of all trials. ``"workers"``: those of the busiest of
+    ``P`` workers (``worker_span``) against one chain's ``G*K`` steps and ``G*E`` evaluations. The PBT arm
+    spends every step but evaluates a chain's start once, not at every ``K`` steps (its trials continue), plus
+    once after each exploit: its evaluations must not exceed the budget's."""
+    work = trial_work(evaluations)
+    steps = sum(w["steps"] for w in work.values())
+    n_evals = sum(w["evaluations"] for w in work.values())
+    span_steps, span_evals = worker_span(work, b["population"])
+    if b.get("kind", "compute") == "workers":
+        got, want, what = (span_steps, span_evals), (b["worker_steps"], b["worker_evaluations"]), "per worker"
+    else:
+        got, want, what = (steps, n_evals), (b["gradient_steps"], b["evaluations"]), "in all"
+    want = (0 if arm == "llm" else want[0], want[1])
+    evals_ok = got[1] <= want[1] if arm == "pbt" else got[1] == want[1]
+    if got[0] != want[0] or not evals_ok:
+        raise AssertionError(f"arm {arm}: trials reported {got[0]} gradient steps and {got[1]} evaluations {what}; "
+                             f"the budget is {want[0]} and {'at most ' if arm == 'pbt' else ''}{want[1]} "
+                             f"({len(work)} trials, {b.get('kind', 'compute')} budget)")
+    return {"gradient_steps": steps, "n_evaluations": n_evals, "trials": len(work),
+            "worker_steps": span_steps, "worker_evaluations": span_evals,
+            "exploits": sum(len(w["exploits"]) for w in work.values()),
             "reused_scores": sum(e.get("reused", False) for e in evaluations),
             "screened": sum(e.get("screen", False) for e in evaluations) + sum(
                 str(e.get("start") or "").startswith("candidate") for e in evaluations)}
@@ -633,6 +784,14 @@ def select_best(evaluations: list[dict], rule: str = "acc") -> dict:
     usable = [e for e in evaluations if not e.get("screen")]
     if rule == "acc":
         best = max(usable, key=lambda e: (e["val_acc"], -e["loss"], -e["generation"], -e["step"]))
+        # a trial that took another's checkpoint (a PBT exploit) keeps its best since then in its vectors file,
+        # which may have replaced its best before: its evaluations are found in their own files (the PBT arm
+        # keeps every evaluation's vectors)
+        if any(e.get("exploited_from") and e["trial_id"] == best["trial_id"] for e in evaluations):
+            if not best.get("step_vectors_path"):
+                raise ValueError(f"trial {best['trial_id']} took another trial's checkpoint and did not keep each "
+                                 "evaluation's vectors (keep_all_vectors): its best cannot be found")
+            return {**best, "path": best["step_vectors_path"]}
         return {**best, "path": best.get("vectors_path")}
     if rule != "loss":
         raise ValueError(f"rule must be 'acc' or 'loss', got {rule!r}")
@@ -715,6 +874,15 @@ def best_so_far(evaluations: list[dict], b: dict, axis: str) -> list[tuple[float
     return curve
 
 
+def curve_budget(b: dict) -> dict:
+    """The budget ``best_so_far`` places a run's evaluations in: ``b`` itself (steps and evaluations of all
+    trials), or under the workers budget one worker's (``G*K`` steps, ``G*E`` evaluations; the trials of a
+    generation side by side on their workers)."""
+    if b.get("kind", "compute") != "workers":
+        return b
+    return {**b, "population": 1, "gradient_steps": b["worker_steps"], "evaluations": b["worker_evaluations"]}
+
+
 def seed_prompt_test(args, dataset: str, seed: int) -> dict:
     from trainables.text_prompt import evaluate_prompt
 
@@ -735,16 +903,38 @@ def _mean_std(values: list[float]) -> str:
 
 
 def write_table(results: dict, path: str) -> str:
+    """The tables of ``results`` (written to ``path``), one set per budget: runs made at different budgets are
+    never in one table, and never paired (``budget_kind``)."""
     runs = results["runs"]
-    lines = ["| dataset | arm | seeds | test acc (mean ± std) | best val acc | gradient steps / run | "
-             "evaluations / run | LLM calls / run | LLM tokens / run | phases from LLM / pool | "
+    kinds = [k for k in BUDGETS if any(budget_kind(r) == k for r in runs)]
+    if kinds in ([], ["compute"]):
+        lines = _tables(runs, results.get("seed_prompt", []))
+    else:
+        lines = []
+        for kind in kinds:
+            lines += [f"Budget: {BUDGET_LABELS[kind]} (`--budget {kind}`).", "",
+                      *_tables([r for r in runs if budget_kind(r) == kind], results.get("seed_prompt", []),
+                               per_worker=kind == "workers"), ""]
+        lines = lines[:-1]
+    text = "\n".join(lines) + "\n"
+    with open(path, "w") as f:
+        f.write(text)
+    return text
+
+
+def _tables(runs: list[dict], seed_prompt: list[dict], per_worker: bool = False) -> list[str]:
+    """The summary, per-seed and paired tables of runs made at one budget; ``per_worker``: the steps and
+    evaluations columns also give the busiest worker's (the workers budget)."""
+    unit = " (per worker)" if per_worker else ""
+    lines = [f"| dataset | arm | seeds | test acc (mean ± std) | best val acc | gradient steps / run{unit} | "
+             f"evaluations / run{unit} | LLM calls / run | LLM tokens / run | phases from LLM / pool | "
              "candidates adopted / screened (all runs) | search wall / run (s) | wins (test, per seed) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for dataset in sorted({r["dataset"] for r in runs}):
         rows = [r for r in runs if r["dataset"] == dataset]
         seeds = sorted({r["seed"] for r in rows})
         by = {(r["arm"], r["seed"]): r for r in rows}
-        baseline = [r for r in results.get("seed_prompt", []) if r["dataset"] == dataset]
+        baseline = [r for r in seed_prompt if r["dataset"] == dataset]
         if baseline:
             lines.append(f"| {dataset} | seed prompt as text, no search | {len(baseline)} | "
                          f"{_mean_std([r['test_acc'] for r in baseline])} | - | 0 | 0 | 0 | 0 | - | - | - | - |")
@@ -756,8 +946,8 @@ def write_table(results: dict, path: str) -> str:
                                              for a in ARMS if (a, r["seed"]) in by))
             lines.append(
                 f"| {dataset} | {ARM_LABELS[arm]} | {len(mine)} | {_mean_std([r['test_acc'] for r in mine])} | "
-                f"{_mean_std([r['best_val_acc'] for r in mine])} | {mine[0]['gradient_steps']} | "
-                f"{mine[0]['n_evaluations']} | {statistics.mean(r['llm_calls'] for r in mine):.0f} | "
+                f"{_mean_std([r['best_val_acc'] for r in mine])} | {_count(mine[0], 'gradient_steps', per_worker)} | "
+                f"{_count(mine[0], 'n_evaluations', per_worker)} | {statistics.mean(r['llm_calls'] for r in mine):.0f} | "
                 f"{statistics.mean(r['llm_tokens'] for r in mine):.0f} | "
                 f"{statistics.mean(_starts(r, 'llm') for r in mine):.1f} / {statistics.mean(_starts(r, 'pool') for r in mine):.1f} | "
                 f"{sum(adopted(r) for r in mine)} / {sum(r.get('screened', 0) for r in mine)} | "
@@ -767,7 +957,7 @@ def write_table(results: dict, path: str) -> str:
               "|---|---|---|---|" + "---|" * len(ARMS)]
     for dataset in sorted({r["dataset"] for r in runs}):
         by = {(r["arm"], r["seed"]): r for r in runs if r["dataset"] == dataset}
-        base = {r["seed"]: r for r in results.get("seed_prompt", []) if r["dataset"] == dataset}
+        base = {r["seed"]: r for r in seed_prompt if r["dataset"] == dataset}
         for seed in sorted({s for _, s in by}):
             cells = [f"{by[(a, seed)]['test_acc']:.3f} ({by[(a, seed)]['best_val_acc']:.3f}), gen "
                      f"{by[(a, seed)]['best_generation']}" if (a, seed) in by else "-" for a in ARMS]
@@ -775,10 +965,14 @@ def write_table(results: dict, path: str) -> str:
             first = f"{base[seed]['test_acc']:.3f}" if seed in base else "-"
             lines.append(f"| {dataset} | {seed} | {test_n} | {first} | " + " | ".join(cells) + " |")
     lines += ["", *paired_table(runs)]
-    text = "\n".join(lines) + "\n"
-    with open(path, "w") as f:
-        f.write(text)
-    return text
+    return lines
+
+
+def _count(run: dict, key: str, per_worker: bool) -> str:
+    """A run's steps or evaluations in all, with the busiest worker's where ``per_worker``."""
+    if not per_worker:
+        return str(run[key])
+    return f"{run[key]} ({run['worker_steps' if key == 'gradient_steps' else 'worker_evaluations']})"
 
 
 RESULTS_BEGIN, RESULTS_END = "<!-- compare:begin -->", "<!-- compare:end -->"
@@ -787,12 +981,21 @@ RESULTS_BEGIN, RESULTS_END = "<!-- compare:begin -->", "<!-- compare:end -->"
 def regenerate_command(results: dict, out: str, results_md: str, prog: str) -> str:
     """One command that runs every (dataset, seed, arm) recorded in ``results`` (those already recorded are
     skipped: it finishes an interrupted study, and on a fresh ``out`` redoes it) and writes the tables again."""
-    runs = results["runs"]
-    datasets = sorted({r["dataset"] for r in runs})
-    seeds = sorted({r["seed"] for r in runs})
-    arms = [a for a in ARMS if any(r["arm"] == a for r in runs)]
-    return (f"{prog} --datasets {' '.join(datasets)} --seeds {' '.join(map(str, seeds))} --arms {' '.join(arms)} "
-            f"--backend inline --jobs 2 --keep-vectors --out {out} --results-md {results_md}")
+    commands = []
+    for kind in BUDGETS:  # one command per budget (runs of the compute budget alone: the command it always was)
+        runs = [r for r in results["runs"] if budget_kind(r) == kind]
+        if not runs:
+            continue
+        datasets = sorted({r["dataset"] for r in runs})
+        seeds = sorted({r["seed"] for r in runs})
+        arms = [a for a in ARMS if any(r["arm"] == a for r in runs)]
+        b = runs[0].get("budget", {})
+        backend = "--backend tune" if "pbt" in arms else "--backend inline --jobs 2"  # PBT needs real Tune trials
+        shape = ("" if kind == "compute" else f"--budget {kind} --population {b['population']} --generations "
+                 f"{b['generations']} --steps {b['steps_per_phase']} --eval-every {b['eval_every']} ")
+        commands.append(f"{prog} --datasets {' '.join(datasets)} --seeds {' '.join(map(str, seeds))} --arms "
+                        f"{' '.join(arms)} {shape}{backend} --keep-vectors --out {out} --results-md {results_md}")
+    return "\n".join(commands)
 
 
 def write_results_md(path: str, table: str, results: dict, command: str) -> None:
@@ -823,7 +1026,9 @@ def paired(values: list[float]) -> str:
 def paired_table(runs: list[dict]) -> list[str]:
     """Test accuracy of each arm minus gradient only's, seed by seed (same splits, same generation 0), with a
     95% interval; and the screened LLM arm minus its no-LLM control. The last row averages the datasets."""
-    pairs = [(a, "gradient") for a in ARMS if a != "gradient"] + list(CONTROLS) + list(ABLATIONS)
+    if len({budget_kind(r) for r in runs}) > 1:
+        raise ValueError("paired_table: runs made at different budgets are never paired; pass one budget's runs")
+    pairs = [(a, "gradient") for a in ARMS if a != "gradient"] + list(CONTROLS) + list(ABLATIONS) + list(PEERS)
     by = {(r["dataset"], r["arm"], r["seed"]): r["test_acc"] for r in runs}
     datasets = sorted({r["dataset"] for r in runs})
     present = [(a, b) for a, b in pairs if any((d, a, s) in by and (d, b, s) in by for d, _, s in by)]
@@ -869,14 +1074,16 @@ def write_plots(results: dict, out: str) -> list[str]:
               "screened-paired": "darkred", "screened-perturb-paired": "indigo", "late-text": "goldenrod",
               "authors-faithful": "teal", "authors-paired": "navy", "authors-perturb-paired": "salmon",
               "text-first": "darkgreen", "text-first-perturb": "lightgreen", "halving": "darkviolet",
-              "halving-perturb": "plum"}
+              "halving-perturb": "plum", "pbt": "black"}
     if set(ARMS) - set(colors):
         raise RuntimeError(f"compare.write_plots: no colour for {sorted(set(ARMS) - set(colors))}")
-    for dataset in sorted({r["dataset"] for r in results["runs"]}):
-        runs = [r for r in results["runs"] if r["dataset"] == dataset]
+    for kind, dataset in sorted({(budget_kind(r), r["dataset"]) for r in results["runs"]}):
+        # one figure per budget (curve_budget: one worker's steps and evaluations under the workers budget)
+        runs = [r for r in results["runs"] if r["dataset"] == dataset and budget_kind(r) == kind]
+        per = " per worker" if kind == "workers" else ""
         fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-        for ax, key, label in ((axes[0], "curve_steps", "gradient steps spent (phases of a generation side by side)"),
-                               (axes[1], "curve_evals", "validation evaluations")):
+        for ax, key, label in ((axes[0], "curve_steps", f"gradient steps spent{per} (phases of a generation side by side)"),
+                               (axes[1], "curve_evals", f"validation evaluations{per}")):
             for arm in ARMS:
                 mine = [r for r in runs if r["arm"] == arm]
                 if not mine:
@@ -895,7 +1102,7 @@ def write_plots(results: dict, out: str) -> list[str]:
         axes[0].set_title(f"{dataset}: mean ± std over seeds (LLM only: 0 steps, at its round)", fontsize=9)
         axes[1].legend(fontsize=8, loc="lower right")
         fig.tight_layout()
-        path = os.path.join(out, f"curves_{dataset}.png")
+        path = os.path.join(out, f"curves_{dataset}{'' if kind == 'compute' else '_' + kind}.png")
         fig.savefig(path, dpi=110)
         plt.close(fig)
         paths.append(path)
@@ -914,7 +1121,9 @@ def _value_at(curve: list, x: float) -> float:
 def write_tensorboard(run: dict, out: str) -> None:
     from tensorboardX import SummaryWriter
 
-    folder = os.path.join(out, "tensorboard", run["dataset"], f"{run['arm'].replace('+', '_')}_seed{run['seed']}")
+    kind = budget_kind(run)  # runs of another budget than equal compute: a folder of their own
+    folder = os.path.join(out, "tensorboard", run["dataset"], f"{run['arm'].replace('+', '_')}_seed{run['seed']}"
+                          + ("" if kind == "compute" else f"_{kind}"))
     writer = SummaryWriter(folder)
     for x, v in run["curve_steps"]:
         writer.add_scalar("best_so_far_val_acc/by_gradient_steps", v, int(x))
@@ -933,22 +1142,29 @@ def load_results(path: str) -> dict:
 
 
 def merge_results(results: dict, paths: list[str]) -> dict:
-    """Add the runs of other invocations' ``results.json`` files (each run keyed by task, seed and arm; a run
-    of a later file replaces the same key's), their seed-prompt rows and commands; returns counts. Runs at
-    another budget than the ones already there are refused: their numbers do not pair."""
+    """Add the runs of other invocations' ``results.json`` files (each run keyed by task, seed, arm and budget
+    kind; a run of a later file replaces the same key's), their seed-prompt rows and commands; returns counts.
+    Runs of one budget kind whose numbers differ (another ``P``, ``G``, ``K`` or ``E``) are refused: they do not
+    pair."""
     added = replaced = 0
+
+    def budget_of(run: dict) -> str:
+        return json.dumps({"kind": "compute", **run["budget"]}, sort_keys=True)
+
     for path in paths:
         if not os.path.isfile(path):
             raise ValueError(f"--merge: no results file at {path!r}")
         other = load_results(path)
-        budgets = {json.dumps(r["budget"], sort_keys=True) for r in results["runs"] + other["runs"]}
-        if len(budgets) > 1:
-            raise ValueError(f"--merge: {path} holds runs at another budget than the results it would join "
-                             f"({sorted(budgets)})")
+        for kind in BUDGETS:
+            budgets = {budget_of(r) for r in results["runs"] + other["runs"] if budget_kind(r) == kind}
+            if len(budgets) > 1:
+                raise ValueError(f"--merge: {path} holds runs at another budget than the results it would join "
+                                 f"({sorted(budgets)})")
         for run in other["runs"]:
-            key = (run["dataset"], run["seed"], run["arm"])
+            key = (run["dataset"], run["seed"], run["arm"], budget_kind(run))
             before = len(results["runs"])
-            results["runs"] = [r for r in results["runs"] if (r["dataset"], r["seed"], r["arm"]) != key]
+            results["runs"] = [r for r in results["runs"]
+                               if (r["dataset"], r["seed"], r["arm"], budget_kind(r)) != key]
             replaced += before - len(results["runs"])
             added += before == len(results["runs"])
             results["runs"].append(run)
@@ -984,6 +1200,23 @@ def _check_args(p: argparse.ArgumentParser, args) -> None:
             p.error(f"two tasks are named {task['name']!r}; give each task its own name")
         args.user_tasks[task["name"]] = task
     args.datasets = list(args.datasets or ([] if tasks else ["sst2"])) + list(args.user_tasks)
+    if "pbt" in args.arms and not args.replot:
+        if args.backend != "tune":
+            p.error("--arms pbt runs Tune's PopulationBasedTraining, which needs real Tune trials: use --backend tune "
+                    "(the default), not --backend inline")
+        if args.generations < 2:
+            p.error(f"--arms pbt needs --generations 2 or more (PBT exploits between the {args.steps}-step intervals of "
+                    f"each chain's generations x steps), got --generations {args.generations}")
+    if args.budget == "workers" and not args.replot:
+        for arm in args.arms:  # a one-chain design gets one worker's steps: can its schedule fit them?
+            if arm in ARM_PRESETS:
+                try:
+                    workers = design_population(arm, args)
+                    presets.preset(ARM_PRESETS[arm], population=workers, generations=args.generations,
+                                   steps=args.steps, eval_every=args.eval_every)
+                except ValueError as e:
+                    p.error(f"--budget workers: arm {arm} gets {args.generations * args.steps} steps for each trial it "
+                            f"runs at once, which its design cannot spend ({e}); raise --generations")
     if args.head == "linear" and not args.replot:
         # A linear head is trained with the prompt: evaluated without gradient steps it is its random init.
         if "llm" in args.arms:
@@ -1013,6 +1246,10 @@ def parse_args(argv=None, default_out: str | None = None, prog: str | None = Non
                    help="screened arms: validation examples a candidate must gain over the chain to replace it")
     p.add_argument("--backend", default="tune", choices=["tune", "inline"],
                    help="tune: real tune.run; inline: the same trials one after another in one process (fast)")
+    p.add_argument("--budget", default="compute", choices=list(BUDGETS),
+                   help="compute: every arm G*P*K steps and G*P*E evaluations in all; workers: P workers, each arm at "
+                        "most P trials at once and each worker one chain's G*K steps and G*E evaluations (equal "
+                        "wall-clock on a cluster: a one-chain design gets G*K steps in all)")
     p.add_argument("--keep-vectors", action="store_true",
                    help="save the vectors of every evaluation (to study how the final prompt is chosen)")
     p.add_argument("--jobs", type=int, default=1, help="inline backend: runs side by side in this many processes")
@@ -1122,7 +1359,8 @@ def _pending_units(args, results: dict, results_path: str) -> list[tuple[str, in
                 results["seed_prompt"].append(seed_prompt_test(args, dataset, seed))
                 save_results(results, results_path)
             for arm in args.arms:
-                done = [r for r in results["runs"] if (r["dataset"], r["seed"], r["arm"]) == (dataset, seed, arm)]
+                done = [r for r in results["runs"] if (r["dataset"], r["seed"], r["arm"]) == (dataset, seed, arm)
+                        and budget_kind(r) == b["kind"]]
                 if done and not args.force:
                     check_recorded(done[0], args, b)
                     rule = arm_select(arm)
@@ -1147,15 +1385,18 @@ def _run_units(args, units: list[tuple[str, int, str]], results: dict, results_p
     storage = os.path.abspath(os.path.expanduser(args.storage))
 
     def keep(run: dict) -> None:
-        dataset, seed, arm = run["dataset"], run["seed"], run["arm"]
+        dataset, seed, arm, kind = run["dataset"], run["seed"], run["arm"], budget_kind(run)
         run["args"] = {k: v for k, v in vars(args).items() if k not in ("force", "replot", "rescore_only", "verbose", "jobs")}
         run["args"].update({k: setting(args, dataset, k) for k in GLOBAL_DEFAULTS})
-        results["runs"] = [r for r in results["runs"] if (r["dataset"], r["seed"], r["arm"]) != (dataset, seed, arm)]
+        results["runs"] = [r for r in results["runs"]
+                           if (r["dataset"], r["seed"], r["arm"], budget_kind(r)) != (dataset, seed, arm, kind)]
         results["runs"].append(run)
         save_results(results, results_path)
         write_tensorboard(run, args.out)
+        per_worker = (f" (per worker {run['worker_steps']} / {run['worker_evaluations']}, {run['exploits']} exploits)"
+                      if kind == "workers" or arm == "pbt" else "")
         print(f"{dataset} seed {seed} {arm:>16}: test {run['test_acc']:.3f}  val {run['best_val_acc']:.3f}  "
-              f"steps {run['gradient_steps']}  evals {run['n_evaluations']}  LLM calls {run['llm_calls']}  "
+              f"steps {run['gradient_steps']}  evals {run['n_evaluations']}{per_worker}  LLM calls {run['llm_calls']}  "
               f"{run['search_wall_s']:.0f}s  \"{run['best_prompt']}\"", flush=True)
 
     if args.jobs > 1 and args.backend == "inline" and llm_factory is None:

@@ -28,10 +28,11 @@ OPTIONAL_CONFIG_KEYS = ("steps", "eval_every", "prompt_candidates", "candidate_s
 # it an elite restarts from its projected text).
 REPORTED_KEYS = ("loss", "prompt_text", "step")
 # What run_phase reports besides: forward evaluations computed (for budgets), where a screened or projected
-# text's row is (``screen``, ``screen_index``, ``projection``), how the phase started.
+# text's row is (``screen``, ``screen_index``, ``projection``), how the phase started (``exploited_from``: the
+# trial whose Tune checkpoint it took, a PBT exploit).
 PHASE_KEYS = ("evaluations", "generation", "origin", "screen", "screen_index", "projection", "start", "start_text",
               "reused", "best_val_acc", "train_loss", "torch_threads", "vectors_path",
-              "loss_vectors_path")
+              "loss_vectors_path", "exploited_from")
 # Wall-clock keys of every result (they differ between two runs of the same phase).
 TIMING_KEYS = ("started_at", "setup_s", "first_step_s", "first_compute_s", "elapsed_s", "compute_s", "report_s")
 

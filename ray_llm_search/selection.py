@@ -54,6 +54,8 @@ def main(argv=None) -> dict:
     cache = json.load(open(cache_path)) if os.path.isfile(cache_path) else {}
     table: dict[tuple, float] = {}
     for run in results["runs"]:
+        if compare.budget_kind(run) != "compute":  # the study pairs runs of the equal-compute budget only
+            continue
         if args.arms and run["arm"] not in set(args.arms) | {"gradient"}:
             continue
         if args.seeds is not None and run["seed"] not in args.seeds:

@@ -61,6 +61,15 @@ def _reports(arm: str, b: dict, drop: int = 0) -> list[dict]:
                 for k, s in enumerate(range(b["eval_every"], b["steps_per_phase"] + 1, b["eval_every"]), 1):
                     rows.append({"trial_id": tid, "generation": g, "step": s, "val_acc": 0.5 + s / 100, "loss": 1.0,
                                  "evaluations": n + k})
+    elif arm == "pbt":
+        # P chains of G*K steps in one trial each; every K steps but the last, chain 0 takes chain 1's checkpoint
+        # and evaluates it (an exploit's start row, at a step chain 0 reached itself)
+        k, e = b["steps_per_phase"], b["eval_every"]
+        rows += [{"trial_id": "0_0", "generation": 0, "step": s, "val_acc": 0.5, "loss": 1.0, "exploited_from": "0_1",
+                  "evaluations": 2 + s // e} for s in range(k, b["generations"] * k, k)]
+        for t in range(b["population"]):
+            rows += [{"trial_id": f"0_{t}", "generation": 0, "step": s, "val_acc": 0.5, "loss": 1.0,
+                      "evaluations": 1 + s // e} for s in range(0, b["generations"] * k + 1, e)]
     elif arm == "llm":
         for g in range(b["generations"]):
             for t in range(b["population"] * b["evals_per_phase"]):
@@ -118,7 +127,10 @@ def test_check_budget_accepts_exactly_the_budget(arm):
     b = compare.budget(_args())
     counts = compare.check_budget(arm, _reports(arm, b), b)
     assert counts["gradient_steps"] == (0 if arm == "llm" else b["gradient_steps"])
-    assert counts["n_evaluations"] == b["evaluations"]
+    if arm == "pbt":  # each chain evaluates its start once, and once after each exploit (2 here)
+        assert counts["n_evaluations"] == 4 * (1 + 24 // 4) + 2 < b["evaluations"] and counts["exploits"] == 2
+    else:
+        assert counts["n_evaluations"] == b["evaluations"]
     with pytest.raises(AssertionError, match=re.escape(f"arm {arm}: trials reported")):
         compare.check_budget(arm, _reports(arm, b, drop=1), b)
 
@@ -229,7 +241,8 @@ def test_sentence_pairs_with_a_linear_head(tmp_path, one_torch_thread):
 # The authors' regime needs a longer budget than the tiny run's (its own test below).
 # the one-chain designs (the authors' regime, text-first) have tests of their own; their budgets are also checked
 # by every run (compare.check_budget) and by test_screening's test of every preset
-TINY_ARMS = [a for a in compare.ARMS if not a.startswith(("authors", "text-first"))]
+# (PBT has its own tiny run: tests/test_pbt.py)
+TINY_ARMS = [a for a in compare.ARMS if not a.startswith(("authors", "text-first", "halving")) and a != "pbt"]
 
 
 def test_authors_schedule_spends_the_gradient_arms_budget_or_says_why_not():
@@ -253,7 +266,7 @@ def test_authors_regime_runs_one_chain_at_the_same_budget(tmp_path, monkeypatch)
             "--eval-every", "1", "--shots", "2", "--val-shots", "2", "--test-size", "10", "--max-length", "32",
             "--backend", "inline", "--out", str(tmp_path / "out"), "--storage", str(tmp_path / "storage"),
             "--data-root", str(SHARED_DATA), "--no-seed-prompt", "--arms", "gradient", "authors", "authors-perturb",
-            "authors-faithful", "text-first", "text-first-perturb"]
+            "authors-faithful", "text-first", "text-first-perturb", "halving", "halving-perturb"]
     result = compare.main(argv, llm_factory=lambda args, seed: ScriptedLLM())
     runs = {r["arm"]: r for r in result["results"]["runs"]}
     b = runs["gradient"]["budget"]
@@ -264,6 +277,12 @@ def test_authors_regime_runs_one_chain_at_the_same_budget(tmp_path, monkeypatch)
         assert {e["generation"] for e in run["evaluations"] if e["step"] > 0} == {4}
         assert run["llm"] == ("ScriptedLLM" if arm == "text-first" else None)
     assert runs["text-first"]["llm_calls"] == 3 and runs["text-first-perturb"]["llm_calls"] == 0
+    for arm in ("halving", "halving-perturb"):  # 2 seeds as text, 3 lineages, the best 2, the best one
+        run = runs[arm]
+        assert (run["trials"], run["gradient_steps"], run["n_evaluations"]) == (8, 12, 18)
+        assert [len({e["trial_id"] for e in run["evaluations"] if e["generation"] == g}) for g in range(4)] == [2, 3, 2, 1]
+        assert run["select"] == "loss" and run["llm"] == ("ScriptedLLM" if arm == "halving" else None)
+    assert runs["halving"]["llm_calls"] == 1 and runs["halving-perturb"]["llm_calls"] == 0
     for arm in ("authors", "authors-perturb"):
         run = runs[arm]
         assert run["trials"] == 5 and run["gradient_steps"] == b["gradient_steps"] == 12
@@ -442,3 +461,100 @@ def test_merge_adds_runs_of_other_invocations_and_refuses_another_budget(tmp_pat
         compare.merge_results(results, [str(elsewhere)])
     with pytest.raises(ValueError, match="no results file"):
         compare.merge_results(results, [str(tmp_path / "missing.json")])
+    # a run of the workers budget is another key, never a clash with the same arm's equal-compute run
+    workers = tmp_path / "workers.json"
+    compare.save_results({"runs": [run("sst2", 0, "gradient", 0.69, {"kind": "workers", "gradient_steps": 96})],
+                          "seed_prompt": [], "commands": []}, str(workers))
+    assert compare.merge_results(results, [str(workers)]) == {"added": 1, "replaced": 0}
+    assert compare.merge_results(results, [str(other)]) == {"added": 0, "replaced": 2}
+
+
+# -- the workers budget: P workers, one chain's steps each ---------------------------------------------------------
+
+
+def _one_chain(b: dict, steps: list[int]) -> list[dict]:
+    """A one-trial-at-a-time design's reports: one phase per generation of these steps, evaluated at its end
+    (and its start, in generation 0) and every 4 steps of its last."""
+    rows = []
+    for g, k in enumerate(steps):
+        marks = [0, k] if g == 0 else list(range(4, k + 1, 4)) if g == len(steps) - 1 else [k]
+        rows += [{"trial_id": f"{g}_0", "generation": g, "step": s, "val_acc": 0.5, "loss": 1.0} for s in marks]
+    return rows
+
+
+@pytest.mark.parametrize("arm", ["gradient", "llm", "llm+gradient", "screened-paired", "pbt"])
+def test_workers_budget_counts_the_busiest_workers_steps(arm):
+    """P-chain arms (and LLM only's P*E one-evaluation trials per generation, P at a time) spend one chain's
+    G*K steps and G*E evaluations per worker: what they spend at equal compute, counted per worker."""
+    b = compare.budget(_args(budget="workers", arms=arm))
+    assert (b["kind"], b["workers"], b["worker_steps"], b["worker_evaluations"]) == ("workers", 4, 3 * 8, 3 * 3)
+    counts = compare.check_budget(arm, _reports(arm, b), b)
+    assert counts["worker_steps"] == (0 if arm == "llm" else 24)
+    # PBT: chain 0's start and 24 / 4 evaluations, and the starts of its 2 exploits (at most G*E)
+    assert counts["worker_evaluations"] == (9 if arm != "pbt" else 1 + 24 // 4 + 2)
+    assert counts["gradient_steps"] == (0 if arm == "llm" else b["gradient_steps"])  # all P workers' steps
+
+
+def test_workers_budget_gives_a_one_chain_design_one_workers_steps_and_stops_one_that_overspends(tmp_path):
+    args = _args(budget="workers", generations=5)
+    b = compare.budget(args)
+    assert compare.design_population("authors-perturb-paired", args) == 1
+    assert compare.design_population("screened-paired", args) == 4
+    # the authors' schedule at one worker's budget: 4 short phases and a long descent, G*K = 40 steps in all
+    search, _ = compare.make_search(args, "authors-perturb-paired", "task", ["a seed"], 0, str(tmp_path), {})
+    steps = [g["steps"] for g in search.schedule]
+    assert steps == [8, 8, 8, 8, 8] and sum(steps) == b["worker_steps"] == 40
+    rows = _one_chain(b, steps) + _screens([3, 3, 2])  # 7 evaluations of the chain, 8 screened: G*E = 15
+    counts = compare.check_budget("authors-perturb-paired", rows, b)
+    assert (counts["worker_steps"], counts["worker_evaluations"], counts["gradient_steps"]) == (40, 15, 40)
+    # the design at the equal-compute schedule (one chain, all G*P*K = 160 steps) overspends its one worker
+    compute = compare.budget(_args(generations=5))
+    heavy = _one_chain(compute, [8, 8, 8, 8, 128]) + _screens([8, 8, 7])
+    assert compare.check_budget("authors-perturb-paired", heavy, compute)["gradient_steps"] == 160
+    with pytest.raises(AssertionError, match="160 gradient steps and 60 evaluations per worker; the budget is 40 and 15"):
+        compare.check_budget("authors-perturb-paired", heavy, b)
+    # P chains of which one takes an extra phase: that worker did more than one chain's steps
+    extra = _reports("gradient", b) + [{"trial_id": "2_9", "generation": 2, "step": s, "val_acc": 0.5, "loss": 1.0}
+                                       for s in (0, 4, 8)]
+    with pytest.raises(AssertionError, match="48 gradient steps and 18 evaluations per worker; the budget is 40 and 15"):
+        compare.check_budget("gradient", extra, b)
+
+
+def _screens(per_round: list[int]) -> list[dict]:
+    """Screened candidates that lost, ``per_round[i]`` in generation ``i + 1`` (one evaluation each)."""
+    return [{"trial_id": f"{g}_0", "generation": g, "step": 0, "val_acc": 0.4, "loss": 1.0, "screen": True,
+             "screen_index": i} for g, n in enumerate(per_round, 1) for i in range(n)]
+
+
+def test_worker_span_schedules_generations_one_after_another():
+    work = {f"{g}_{t}": {"generation": g, "steps": k, "evaluations": 1} for g, ks in enumerate([[8, 8], [16], [2, 2, 2]])
+            for t, k in enumerate(ks)}
+    assert compare.worker_span(work, 2) == (8 + 16 + 4, 1 + 1 + 2)
+    assert compare.worker_span(work, 1) == (16 + 16 + 6, 2 + 1 + 3)
+    with pytest.raises(ValueError, match="workers must be >= 1, got 0"):
+        compare.worker_span(work, 0)
+
+
+@pytest.mark.slow
+def test_workers_budget_end_to_end_one_chain_gets_one_workers_steps_and_tables_keep_budgets_apart(tmp_path):
+    common = ["--datasets", "sst2", "--seeds", "3", "--generations", "5", "--population", "2", "--steps", "2",
+              "--eval-every", "1", "--shots", "2", "--val-shots", "2", "--test-size", "10", "--max-length", "32",
+              "--backend", "inline", "--out", str(tmp_path / "out"), "--storage", str(tmp_path / "storage"),
+              "--data-root", str(SHARED_DATA), "--no-seed-prompt"]
+    compare.main(common + ["--arms", "gradient", "authors-perturb-paired", "--budget", "workers"])
+    result = compare.main(common + ["--arms", "gradient"])  # the equal-compute run beside it, not over it
+    runs = {(r["arm"], compare.budget_kind(r)): r for r in result["results"]["runs"]}
+    assert set(runs) == {("gradient", "workers"), ("authors-perturb-paired", "workers"), ("gradient", "compute")}
+    one = runs[("authors-perturb-paired", "workers")]
+    # one chain: 4 short phases and a descent, G*K = 10 steps and G*E = 15 evaluations in all, on one worker
+    assert (one["trials"], one["gradient_steps"], one["worker_steps"], one["n_evaluations"]) == (5, 10, 10, 15)
+    chains = runs[("gradient", "workers")]
+    assert (chains["gradient_steps"], chains["worker_steps"], chains["worker_evaluations"]) == (20, 10, 15)
+    assert runs[("gradient", "compute")]["gradient_steps"] == 20 and "kind" in runs[("gradient", "compute")]["budget"]
+    table = result["table"]
+    compute, workers = table.split("Budget: P workers")
+    assert "Budget: equal compute" in compute and "| sst2 | gradient only | 1 | " in compute
+    row = f"| sst2 | {compare.ARM_LABELS['authors-perturb-paired']} | 1 |"
+    assert row not in compute and row in workers and "| 10 (10) | 15 (15) |" in workers  # never in one table
+    with pytest.raises(ValueError, match="different budgets are never paired"):
+        compare.paired_table(result["results"]["runs"])

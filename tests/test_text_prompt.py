@@ -407,3 +407,61 @@ def test_a_phase_steps_with_torch_optim(data_spec):
     assert seen == ["AdamW"] * 3
     sgd = make_optimizer("sgd", [torch.nn.Parameter(torch.zeros(2))], 0.1, 0.0)
     assert isinstance(sgd, torch.optim.SGD) and sgd.param_groups[0]["momentum"] == 0.9
+
+
+# -- restarts from a Tune checkpoint: the trial's own (a fault) or another's (a PBT exploit) ---------------------
+
+
+def _checkpoints_of(config: dict, monkeypatch, restored=None) -> tuple[list[dict], list[dict], object]:
+    """Run a phase as inside Tune (``restored``: the checkpoint ``tune.get_checkpoint()`` would give it); its
+    reports and the checkpoints it wrote, as Tune would store them."""
+    import os
+
+    from trainables import phase as phase_mod
+
+    monkeypatch.setattr(phase_mod, "_in_tune", lambda: True)
+    monkeypatch.setattr(phase_mod, "_restart_state", lambda: restored)
+    monkeypatch.setattr(phase_mod, "_tune_storage_folder", lambda: None)  # Tune's storage: the local disk
+    reports, checkpoints = [], []
+
+    def report(metrics, checkpoint_dir):
+        reports.append(dict(metrics))
+        if checkpoint_dir:
+            checkpoints.append(torch.load(os.path.join(checkpoint_dir, "phase.pt"), weights_only=False))
+
+    data = dataset_for(config)
+    model = build_classifier(config, data)
+    run_phase(config, model, data.train, data.val, report=report)
+    return reports, checkpoints, model
+
+
+def test_an_exploit_takes_the_donors_vectors_evaluates_them_and_uses_its_own_learning_rate(data_spec, tmp_path,
+                                                                                       monkeypatch):
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    donor_cfg = _config(data_spec, steps=4, eval_every=2, trial_id="donor", vector_dir=str(tmp_path / "v"),
+                        keep_all_vectors=True)
+    donor_reports, donor_checkpoints, _ = _checkpoints_of(donor_cfg, monkeypatch)
+    at_2 = next(c for c in donor_checkpoints if c["step"] == 2)
+    assert at_2["trial_id"] == "donor"
+    # the exploited trial: its own id, the donor's config with the rate PBT explored, the donor's checkpoint
+    seen_lr: list[float] = []
+    handle = register_optimizer_step_post_hook(lambda opt, args, kwargs: seen_lr.append(opt.param_groups[0]["lr"]))
+    try:
+        reports, _, _ = _checkpoints_of({**donor_cfg, "trial_id": "taker", "lr": 0.06}, monkeypatch, restored=at_2)
+    finally:
+        handle.remove()
+    first = reports[0]
+    assert first["start"] == "exploit" and first["exploited_from"] == "donor" and first["step"] == 2
+    donor_at_2 = next(r for r in donor_reports if r["step"] == 2)
+    assert (first["val_acc"], first["loss"]) == (donor_at_2["val_acc"], donor_at_2["loss"])  # the donor's vectors
+    assert first["evaluations"] == donor_at_2["evaluations"] + 1
+    assert [r["step"] for r in reports] == [2, 4] and seen_lr == [0.06, 0.06]  # steps 3 and 4, at its own rate
+    # the start's vectors, kept beside (not over) the taker's own step-2 file
+    assert first["step_vectors_path"].endswith("taker.step2.exploit.pt") and first["vectors_path"].endswith("taker.pt")
+    saved = load_vectors(first["step_vectors_path"], build_classifier(donor_cfg).identity())
+    assert torch.equal(saved["prompt"], at_2["prompt"])
+    # its own checkpoint: a restart continues silently (no evaluation), at the rate of its config
+    own = {**at_2, "trial_id": "taker"}
+    again, _, _ = _checkpoints_of({**donor_cfg, "trial_id": "taker", "lr": 0.06}, monkeypatch, restored=own)
+    assert [r["step"] for r in again] == [4] and "start" not in again[0]

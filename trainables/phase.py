@@ -47,6 +47,16 @@ Screened starts (the searcher sets these keys; see ``LLMSearch(screen=...)``):
 
 Every result carries ``evaluations``: the forward evaluations this phase has computed so far (reused scores
 excluded), so that a budget can be counted from what trials report.
+
+Restarts from a Tune checkpoint (``tune.get_checkpoint()``): a checkpoint this trial wrote (Tune's
+``max_failures`` after a fault, or a paused trial resumed) continues where it stopped, with its steps, best so
+far, optimizer state and batch order. A checkpoint another trial wrote is an *exploit* (Tune's
+``PopulationBasedTraining`` gives the exploited trial the donor's latest checkpoint and a perturbed config): the
+phase takes the donor's vectors, head, optimizer state, step and batch order, its own config's ``lr`` (what PBT
+explored; the optimizer state would otherwise bring back the donor's), and evaluates its start (one evaluation,
+reported with ``start: "exploit"`` and ``exploited_from``, as any phase that starts from another chain's vectors
+does); its best and lowest-loss files then hold its own evaluations since the exploit, and ``evaluations``
+continues the donor's count (count such a trial's evaluations by its results).
 """
 
 from __future__ import annotations
@@ -346,6 +356,9 @@ class Phase:
         self.start_right: list | None = None
         self.timing: dict = {}
         self.restored = _restart_state() if self.in_tune else None
+        # the trial whose checkpoint this phase restarts from, where it is another's (a PBT exploit)
+        donor = (self.restored or {}).get("trial_id")
+        self.exploited_from = donor if donor is not None and donor != self.trial_id else None
         self.prompt: torch.nn.Parameter | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self._lr_at = getattr(model, "lr_at", None)
@@ -389,6 +402,8 @@ class Phase:
                                         self._base_lr, float(self.cfg["weight_decay"]))
         if self.restored is not None and self.restored.get("optimizer"):
             self.optimizer.load_state_dict(self.restored["optimizer"])
+            for group in self.optimizer.param_groups:  # the config's rate (PBT explores it), not the saved one
+                group["lr"] = self._base_lr
         return start, screened
 
     def _initial_prompt(self) -> tuple[torch.Tensor, tuple[float, float] | None]:
@@ -400,7 +415,12 @@ class Phase:
             self.lowest_loss = restored.get("lowest_loss")
             self.evaluations = int(restored.get("evaluations", 0))
             self.rng.setstate(restored["rng"])
-            logger.info("trial %s restarts at step %d from its checkpoint", self.trial_id, self.start_step)
+            if self.exploited_from is not None:  # its files keep its own evaluations from here on
+                self.best, self.lowest_loss = None, None
+                logger.info("trial %s starts at step %d from trial %s's checkpoint (exploit)", self.trial_id,
+                            self.start_step, self.exploited_from)
+            else:
+                logger.info("trial %s restarts at step %d from its checkpoint", self.trial_id, self.start_step)
             return restored["prompt"], None
         if not config.get("resume_from"):
             return model.init_vectors(config.get("prompt_init") or ""), None
@@ -448,6 +468,8 @@ class Phase:
                 self._send({**self._metrics(acc, loss, text, 0), "screen": True, "screen_index": i})
             self.evaluate_and_report(0, math.nan, scored=start["scored"], reused=start["reused"],
                                      start=start["label"], start_text=start["text"])
+        elif self.exploited_from is not None:
+            self.evaluate_and_report(self.start_step, math.nan, start="exploit", exploited_from=self.exploited_from)
         steps, eval_every = self.cfg["steps"], self.cfg["eval_every"]
         running = []
         for step in range(self.start_step + 1, steps + 1):
@@ -475,7 +497,8 @@ class Phase:
         val_loss, val_acc = scored
         text = self.model.project(self.prompt.detach())
         metrics = {**self._metrics(val_acc, val_loss, text, step), "train_loss": train_loss,
-                   **self._keep(step, text, val_acc, val_loss, flags), **extra}
+                   **self._keep(step, text, val_acc, val_loss, flags, exploit=extra.get("start") == "exploit"),
+                   **extra}
         if project:
             # The best vectors' projection scored as text: reported before the final result, which stays the
             # trial's last (Tune's view of the phase is its vectors, not this text).
@@ -486,7 +509,8 @@ class Phase:
         self._send(metrics, checkpoint={"prompt": self.prompt.detach().cpu(), "extra": self.model.extra_state(),
                                         "step": step, "best": self.best, "rng": self.rng.getstate(),
                                         "optimizer": self.optimizer.state_dict(), "evaluations": self.evaluations,
-                                        "lowest_loss": self.lowest_loss} if self.in_tune else None)
+                                        "lowest_loss": self.lowest_loss, "trial_id": self.trial_id}
+                   if self.in_tune else None)
 
     def _send(self, metrics: dict, checkpoint: dict | None = None) -> None:
         """Report ``metrics``, with ``checkpoint`` saved as the trial's restart checkpoint where given; the
@@ -504,7 +528,8 @@ class Phase:
         finally:
             self.timing["report_s"] = self.timing.get("report_s", 0.0) + time.perf_counter() - t
 
-    def _keep(self, step: int, text: str, val_acc: float, val_loss: float, flags: list | None) -> dict:
+    def _keep(self, step: int, text: str, val_acc: float, val_loss: float, flags: list | None,
+              exploit: bool = False) -> dict:
         """Save the vectors where this evaluation is the phase's best (what an elite resumes from), its lowest
         loss (``keep_lowest_loss``) or every one (``keep_all_vectors``); the metrics that say where."""
         best = self.best
@@ -522,7 +547,8 @@ class Phase:
         if self.vectors_path:
             out["vectors_path"] = self.vectors_path
             if self.config.get("keep_all_vectors"):  # for studies of how the final prompt is chosen
-                every = join_location(self.vector_dir, f"{self.trial_id}.step{step}.pt")
+                # an exploit's start is at a step this trial has evaluated before, from its own vectors
+                every = join_location(self.vector_dir, f"{self.trial_id}.step{step}{'.exploit' if exploit else ''}.pt")
                 self._save(every, text, val_acc, val_loss, step)
                 out["step_vectors_path"] = every
         return out
