@@ -563,7 +563,9 @@ class Recorder(Callback):
             return
         # a function trainable's final result may repeat its last report: one row per (trial, step, screen)
         # (a projection evaluated as text is a screen row of its own, after the phase's last step)
-        index = -2 if result.get("projection") else int(result.get("screen_index", -1)) if result.get("screen") else -1
+        # (a candidate adopted mid-phase, overlap=True, is a row of its own at the step it won at)
+        index = -2 if result.get("projection") else int(result.get("screen_index", -1)) if result.get("screen") else (
+            -3 if result.get("adopted") else -1)
         key = (trial_id, int(result["step"]), index)
         self.rows[key] = {
             "trial_id": trial_id, "generation": int(cfg.get("generation", 0)),
