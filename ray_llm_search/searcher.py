@@ -314,11 +314,9 @@ class LLMSearch(Searcher):
         if self._log is not None:
             self._log.close()
         self._log = None
-        # The restored chains' phases read the mailbox of this search's name: it is made again, with every
-        # candidate posted before (a phase skips those its checkpoint's cursor says it screened).
+        # The restored chains' phases read the mailbox of this search's name: it is made again at the next event
+        # (Ray is up by then), with every candidate posted before (a phase skips those its cursor says it screened).
         self._mailbox = None
-        if self.overlap and self._posted:
-            self._repost()
         # A round still running when the state was saved is asked again, unless the crashed run journaled its
         # answer (see _ask); finished rounds are never asked again.
         pending = self._pending_round() if self.overlap else self._rounds.get(self._generation)
@@ -415,6 +413,8 @@ class LLMSearch(Searcher):
         if self._generation >= self.generations:
             return Searcher.FINISHED
         self._wait_if_idle()
+        if self.overlap and (self._posted or self._closed):
+            self._box()  # a restored search's running phases read it again
         self._poll_round()
         if not self._queue:
             last = self._generation == self.generations - 1
@@ -828,23 +828,20 @@ class LLMSearch(Searcher):
                 self._box().close(lineage)
 
     def _box(self):
+        """The search's mailbox, made on first use; a new one (a restored search) gets every message posted
+        before and the chains' closed flags again."""
         if self._mailbox is None:
             self._mailbox = make_mailbox(self._search_id)
+            for lineage, messages in self._posted.items():
+                self._mailbox.post(lineage, messages)
+            for lineage in self._closed:
+                self._mailbox.close(lineage)
         return self._mailbox
-
-    def _repost(self) -> None:
-        box = self._box()
-        for lineage, messages in self._posted.items():
-            box.post(lineage, messages)
-        for lineage in self._closed:
-            box.close(lineage)
 
     def _mailbox_config(self, lineage: str, generation: int) -> dict:
         """The ``mailbox`` config key of a phase of ``lineage``: where to read, from which message on, and whether
         it must wait at its end for every candidate still owed (the last generation's phases)."""
-        if self._mailbox is None:
-            self._box()
-            self._repost()
+        self._box()
         owed = sum(r.status in ("pending", "waiting") for r in self._rounds.values())
         return {**self._mailbox.spec, "key": lineage, "cursor": int(self._cursor.get(lineage, 0)),
                 "drain": generation == self.generations - 1,
@@ -1090,6 +1087,11 @@ class LLMSearch(Searcher):
         if kind not in ("evaluations", "generations"):
             raise ValueError(f"kind must be 'evaluations' or 'generations', got {kind!r}")
         return tables.dataframe(self.evaluation_rows() if kind == "evaluations" else self.records)
+
+    def round_spans(self) -> list[tuple[float, float]]:
+        """``(start, end)`` wall-clock times of every LLM round asked (``timeline.round_wait``)."""
+        return [(r.started, r.started + r.seconds) for r in self._rounds.values()
+                if r.started and isinstance(r.seconds, (int, float))]
 
     @property
     def llm_seconds(self) -> float:

@@ -13,9 +13,9 @@ import threading
 import time
 
 import pytest
+from test_screening import TRAIN, VAL, Toy, ToyEach
 
 from ray_llm_search import LLM, LLMSearch, mailbox
-from test_screening import TRAIN, VAL, Toy, ToyEach
 from trainables.phase import run_phase
 
 SCHEDULE = [{"steps": 2, "eval_every": 2}, {"steps": 4, "eval_every": 1, "screen": 2},
