@@ -2,8 +2,9 @@
 
 A running Tune trial gets no new config, so the candidates of an LLM round that ends while the chain descends
 reach it here: per search one mailbox, per chain (lineage) one append-only list of candidate messages and a
-"closed" flag (no round will post to this chain again). The searcher posts; a phase reads the messages past
-its cursor at each evaluation point (``read(key, cursor)``) and screens them against its vectors there; the
+"closed" flag (no round will post to this chain again), and one "asking" flag (a round is being asked now: a
+phase on the mentor's node then leaves the mentor its threads). The searcher posts; a phase reads the messages
+past its cursor at each evaluation point (``read(key, cursor)``) and screens them against its vectors there; the
 cursor (how many it has screened) travels in the phase's restart checkpoint and in its results, so a phase
 restarted from a checkpoint neither skips nor screens a candidate twice.
 
@@ -41,6 +42,7 @@ class _Store:
     def __init__(self) -> None:
         self.messages: dict[str, list[dict]] = {}
         self.closed: set[str] = set()
+        self.asking = False
 
     def post(self, key: str, messages: list[dict]) -> int:
         box = self.messages.setdefault(key, [])
@@ -54,9 +56,12 @@ class _Store:
     def close(self, key: str) -> None:
         self.closed.add(key)
 
-    def read(self, key: str, cursor: int) -> tuple[list[dict], bool]:
+    def set_asking(self, asking: bool) -> None:
+        self.asking = bool(asking)
+
+    def read(self, key: str, cursor: int) -> tuple[list[dict], bool, bool]:
         box = self.messages.get(key, [])
-        return [dict(m) for m in box[max(0, int(cursor)):]], key in self.closed
+        return [dict(m) for m in box[max(0, int(cursor)):]], key in self.closed, self.asking
 
 
 class LocalMailbox:
@@ -80,7 +85,11 @@ class LocalMailbox:
         with self._lock:
             self._store.close(key)
 
-    def read(self, key: str, cursor: int) -> tuple[list[dict], bool]:
+    def set_asking(self, asking: bool) -> None:
+        with self._lock:
+            self._store.set_asking(asking)
+
+    def read(self, key: str, cursor: int) -> tuple[list[dict], bool, bool]:
         with self._lock:
             return self._store.read(key, cursor)
 
@@ -100,7 +109,10 @@ class MailboxActor:
     def close(self, key: str) -> None:
         self._store.close(key)
 
-    def read(self, key: str, cursor: int) -> tuple[list[dict], bool]:
+    def set_asking(self, asking: bool) -> None:
+        self._store.set_asking(asking)
+
+    def read(self, key: str, cursor: int) -> tuple[list[dict], bool, bool]:
         return self._store.read(key, cursor)
 
 
@@ -118,7 +130,10 @@ class ActorMailbox:
 
     @property
     def spec(self) -> dict:
-        return {"kind": "ray", "name": self.name, "namespace": self.namespace}
+        import ray
+
+        return {"kind": "ray", "name": self.name, "namespace": self.namespace,
+                "node_id": ray.get_runtime_context().get_node_id()}
 
     def post(self, key: str, messages: list[dict]) -> None:
         self._actor.post.remote(key, messages)
@@ -126,7 +141,10 @@ class ActorMailbox:
     def close(self, key: str) -> None:
         self._actor.close.remote(key)
 
-    def read(self, key: str, cursor: int, timeout_s: float = 30.0) -> tuple[list[dict], bool]:
+    def set_asking(self, asking: bool) -> None:
+        self._actor.set_asking.remote(asking)
+
+    def read(self, key: str, cursor: int, timeout_s: float = 30.0) -> tuple[list[dict], bool, bool]:
         import ray
 
         return ray.get(self._actor.read.remote(key, cursor), timeout=timeout_s)
@@ -147,7 +165,7 @@ class _ActorReader:
         self.name, self.namespace = name, namespace
         self._actor = None
 
-    def read(self, key: str, cursor: int, timeout_s: float = 30.0) -> tuple[list[dict], bool]:
+    def read(self, key: str, cursor: int, timeout_s: float = 30.0) -> tuple[list[dict], bool, bool]:
         import ray
 
         if self._actor is None:
@@ -160,7 +178,7 @@ class _ActorReader:
 
 
 def open_mailbox(spec: dict) -> Any:
-    """A reader (``read(key, cursor) -> (messages, closed)``) for the mailbox a config's ``spec`` names; raises
+    """A reader (``read(key, cursor) -> (messages, closed, asking)``) for the mailbox a config's ``spec`` names; raises
     ``ValueError`` for a spec it does not know."""
     kind = spec.get("kind") if isinstance(spec, dict) else None
     if kind == "local":

@@ -757,6 +757,7 @@ class LLMSearch(Searcher):
             self._waiting.append(generation)
         else:
             self._start_round(generation, 0, slots, lineages)
+        self._box().set_asking(self._pending_round() is not None)
         self._maybe_close()
 
     def _pending_round(self) -> Round | None:
@@ -811,6 +812,7 @@ class LLMSearch(Searcher):
             nxt = self._waiting.pop(0)
             waiting = self._rounds[nxt]
             self._start_round(nxt, 0, waiting.screen_slots, waiting.lineages)
+        self._box().set_asking(self._pending_round() is not None)
         self._maybe_close()
 
     def _maybe_close(self) -> None:
@@ -844,6 +846,7 @@ class LLMSearch(Searcher):
         self._box()
         owed = sum(r.status in ("pending", "waiting") for r in self._rounds.values())
         return {**self._mailbox.spec, "key": lineage, "cursor": int(self._cursor.get(lineage, 0)),
+                "mentor_threads": mentor_threads(self.llm),
                 "drain": generation == self.generations - 1,
                 "wait_s": float(self.llm_timeout_s) * (owed + 1) + 60.0}
 
@@ -1096,6 +1099,17 @@ class LLMSearch(Searcher):
     @property
     def llm_seconds(self) -> float:
         return sum(r.seconds or 0.0 for r in self._rounds.values())
+
+
+def mentor_threads(llm: Any) -> int:
+    """CPU threads the mentor computes with on the driver's node, which a phase on that node leaves it while a
+    round is asked (``overlap=True``): a llama.cpp server this search started (``LlamaCppChat.threads``), 1 for a
+    model in the driver's process (``LocalLLM``), 0 for an endpoint elsewhere (``OpenAIChat``)."""
+    inner = getattr(llm, "llm", llm)  # CachedLLM wraps the mentor
+    threads = getattr(inner, "threads", None)
+    if _is_int(threads, 0):
+        return threads
+    return 1 if type(inner).__name__ == "LocalLLM" else 0
 
 
 def _int(value: Any, default: int) -> int:

@@ -231,7 +231,7 @@ def test_a_phase_skips_what_its_cursor_says_was_screened():
                   Toy(), TRAIN, VAL, report=lambda m, c: rows.append(m))
         screened = [(r.get("start_text") or r["prompt_text"], r["step"]) for r in rows
                     if r.get("screen") or r.get("adopted")]
-        assert screened == [("xq zz", 1)]
+        assert screened == [("xq zz", 0)]  # there before the phase began: screened against its start
         assert rows[-1]["mailbox_cursor"] == 2
     finally:
         box.shutdown()
@@ -243,3 +243,28 @@ def test_a_draining_phase_stops_waiting_when_the_mailbox_is_gone():
                "mailbox": {"kind": "local", "id": "nowhere", "key": "chain", "cursor": 0, "drain": True,
                            "wait_s": 0.3}}, Toy(), TRAIN, VAL, report=lambda m, c: rows.append(m))
     assert rows[-1]["wait_s"] > 0 and not any(r.get("screen") for r in rows)
+
+
+def test_a_phase_on_the_mentors_node_lends_it_threads_while_a_round_is_asked():
+    import torch
+
+    box = mailbox.LocalMailbox()
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        box.set_asking(True)
+        rows: list[dict] = []
+
+        def report(metrics, ckpt):
+            rows.append(metrics)
+            if metrics["step"] == 2:
+                box.set_asking(False)  # the round ends: the phase takes its threads back at its next read
+
+        run_phase({"steps": 4, "eval_every": 1, "lr": 0.02, "prompt_init": "bad start", "trial_id": "p",
+                   "mailbox": {**box.spec, "key": "chain", "cursor": 0, "mentor_threads": 1}},
+                  Toy(), TRAIN, VAL, report=report)
+        assert [r["torch_threads"] for r in rows] == [2, 1, 1, 2, 2]
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+        box.shutdown()

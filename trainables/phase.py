@@ -366,6 +366,8 @@ class Phase:
         if self.restored is not None and self.mailbox and "mailbox_cursor" in self.restored:
             self.cursor = int(self.restored["mailbox_cursor"])
         self._reader = None
+        self.threads = torch.get_num_threads()  # the phase's own (match_threads), lent to the mentor while it asks
+        self._mentor_node = self._on_mentor_node()
         self._last: tuple | None = None  # (loss, acc, per-example results) of the chain's last evaluation
         self._last_metrics: dict | None = None
         self._screen_rows = 0
@@ -471,6 +473,14 @@ class Phase:
                 self._send({**self._metrics(acc, loss, text, 0), "screen": True, "screen_index": i})
             self.evaluate_and_report(0, math.nan, scored=start["scored"], reused=start["reused"],
                                      start=start["label"], start_text=start["text"])
+        try:
+            return self._descend()
+        finally:
+            if torch.get_num_threads() != self.threads:
+                torch.set_num_threads(self.threads)
+
+    def _descend(self) -> dict:
+        self.screen_arrivals(self.start_step)  # what arrived before the phase began, against its start
         steps, eval_every = self.cfg["steps"], self.cfg["eval_every"]
         running = []
         for step in range(self.start_step + 1, steps + 1):
@@ -484,6 +494,30 @@ class Phase:
             self.drain(max(steps, self.start_step))
         return {**(self.best or {}), "vectors_path": self.vectors_path, "evaluations": self.evaluations}
 
+    def _on_mentor_node(self) -> bool:
+        """Whether this phase runs where the mentor computes (the driver's node; in-process: here)."""
+        if not self.mailbox or not self.mailbox.get("mentor_threads"):
+            return False
+        node = self.mailbox.get("node_id")
+        if node is None:
+            return True
+        try:
+            import ray
+
+            return ray.get_runtime_context().get_node_id() == node
+        except Exception:
+            return False
+
+    def _lend_threads(self, asking: bool) -> None:
+        """While a round is asked on this node, the phase computes with its threads less the mentor's (at least
+        one): on a small machine a torch thread sharing a core with the mentor's stalls every parallel region of
+        the step (``examples/PERFORMANCE.md``); back to its own when the round has ended."""
+        want = self.threads
+        if asking and self._mentor_node:
+            want = max(1, self.threads - int(self.mailbox.get("mentor_threads") or 0))
+        if torch.get_num_threads() != want:
+            torch.set_num_threads(want)
+
     def _read(self) -> tuple[list[dict], bool | None]:
         """The mailbox's messages past the cursor and whether it is closed (``None``: unreachable now)."""
         from ray_llm_search.mailbox import open_mailbox
@@ -491,7 +525,8 @@ class Phase:
         try:
             if self._reader is None:
                 self._reader = open_mailbox(self.mailbox)
-            messages, closed = self._reader.read(self.mailbox["key"], self.cursor)
+            messages, closed, asking = self._reader.read(self.mailbox["key"], self.cursor)
+            self._lend_threads(bool(asking))
         except Exception as e:  # a driver restarting, a network fault: the phase goes on, and reads again later
             if not self._read_failed:
                 logger.warning("trial %s: cannot read its candidates' mailbox (%s); it reads again later",
@@ -504,11 +539,12 @@ class Phase:
     def screen_arrivals(self, step: int) -> int:
         """Screen the candidates that arrived since the last read against the chain's vectors as they stand
         (their last evaluation, at ``step``); returns how many."""
-        if not self.mailbox or self._last is None:
+        if not self.mailbox:
             return 0
         messages, _ = self._read()
-        if messages:
-            self._screen_messages(step, messages)
+        if not messages or self._last is None:  # (a phase restarted from its checkpoint has not evaluated yet)
+            return 0
+        self._screen_messages(step, messages)
         return len(messages)
 
     def _screen_messages(self, step: int, messages: list[dict]) -> None:
