@@ -159,21 +159,33 @@ class ActorMailbox:
 
 
 class _ActorReader:
-    """A phase's handle on an ``ActorMailbox`` found by name (``ray.get_actor``)."""
+    """A phase's handle on an ``ActorMailbox`` found by name (``ray.get_actor``). A read waits at most
+    ``timeout_s`` for the actor's answer (an actor whose process is still starting would otherwise hold the phase
+    up); an answer that comes later is taken at the next read, so the cursor it was asked with is still the
+    phase's."""
 
     def __init__(self, name: str, namespace: str | None) -> None:
         self.name, self.namespace = name, namespace
         self._actor = None
+        self._pending = None  # (key, cursor, ObjectRef) of a read not answered yet
 
-    def read(self, key: str, cursor: int, timeout_s: float = 30.0) -> tuple[list[dict], bool, bool]:
+    def read(self, key: str, cursor: int, timeout_s: float = 1.0) -> tuple[list[dict], bool, bool]:
         import ray
 
-        if self._actor is None:
-            self._actor = ray.get_actor(self.name, namespace=self.namespace)
         try:
-            return ray.get(self._actor.read.remote(key, cursor), timeout=timeout_s)
+            if self._actor is None:
+                self._actor = ray.get_actor(self.name, namespace=self.namespace)
+            if self._pending is None or self._pending[:2] != (key, cursor):
+                self._pending = (key, cursor, self._actor.read.remote(key, cursor))
+            ready, _ = ray.wait([self._pending[2]], timeout=timeout_s)
+            if not ready:
+                raise TimeoutError(f"the mailbox {self.name!r} has not answered within {timeout_s}s")
+            ref, self._pending = self._pending[2], None
+            return ray.get(ref)
+        except TimeoutError:
+            raise
         except Exception:
-            self._actor = None  # a restored driver makes it again under the same name: look it up next time
+            self._actor = self._pending = None  # a restored driver makes it again under the same name
             raise
 
 

@@ -413,8 +413,10 @@ class LLMSearch(Searcher):
         if self._generation >= self.generations:
             return Searcher.FINISHED
         self._wait_if_idle()
-        if self.overlap and (self._posted or self._closed):
-            self._box()  # a restored search's running phases read it again
+        if self.overlap:
+            # made at the first ask, so that its process has started by the time the first chain reads it (and a
+            # restored search's running phases find it again, with what it had posted)
+            self._box()
         self._poll_round()
         if not self._queue:
             last = self._generation == self.generations - 1
