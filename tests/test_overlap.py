@@ -268,3 +268,26 @@ def test_a_phase_on_the_mentors_node_lends_it_threads_while_a_round_is_asked():
     finally:
         torch.set_num_threads(before)
         box.shutdown()
+
+
+def test_the_comparisons_inline_backend_runs_the_overlapped_default_at_the_gradient_arms_budget(tmp_path):
+    """``compare.drive_inline`` (no Ray: trials in this process) with the default design, which overlaps: the
+    in-process mailbox carries each round's candidates to the chain, at the gradient arm's budget."""
+    from test_compare import SHARED_DATA
+
+    from ray_llm_search import compare
+    from ray_llm_search.testing import ScriptedLLM
+
+    argv = ["--datasets", "sst2", "--seeds", "3", "--generations", "3", "--population", "2", "--steps", "2",
+            "--eval-every", "1", "--shots", "2", "--val-shots", "2", "--test-size", "10", "--max-length", "32",
+            "--backend", "inline", "--out", str(tmp_path / "out"), "--storage", str(tmp_path / "storage"),
+            "--data-root", str(SHARED_DATA), "--no-seed-prompt", "--arms", "gradient", "authors-paired",
+            "authors-perturb-paired"]
+    result = compare.main(argv, llm_factory=lambda args, seed: ScriptedLLM())
+    runs = {r["arm"]: r for r in result["results"]["runs"]}
+    b = runs["gradient"]["budget"]
+    for arm in ("authors-paired", "authors-perturb-paired"):
+        run = runs[arm]
+        assert (run["trials"], run["gradient_steps"], run["n_evaluations"]) == (5, b["gradient_steps"], b["evaluations"])
+        assert run["screened"] == 3 * 3
+    assert runs["authors-paired"]["llm_calls"] == 3 and runs["authors-perturb-paired"]["llm_calls"] == 0
