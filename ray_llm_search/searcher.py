@@ -282,6 +282,10 @@ class LLMSearch(Searcher):
         }
 
     def set_state(self, state: dict) -> None:
+        with self._lock:  # the LLM thread of overlap=True may deliver meanwhile
+            self._set_state(state)
+
+    def _set_state(self, state: dict) -> None:
         if state.get("version") != _STATE_VERSION:
             raise ValueError(f"searcher state version {state.get('version')!r} is not {_STATE_VERSION}")
         self._metric, self._mode = state["metric"], state["mode"]
