@@ -64,6 +64,10 @@ def parse_args(argv=None):
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    # The trials' torch (Ray's workers inherit this environment) sleeps instead of spinning while it waits: on a
+    # shared 2-core machine torch's default OpenMP wait made a step of 2 threads 4-6 times slower than passive
+    # waiting, beside llama.cpp's server or not (examples/bench_threads.py, examples/PERFORMANCE.md).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     logging.basicConfig(level=logging.WARNING)
     import ray
     from ray import tune
