@@ -16,8 +16,16 @@ warmed before timing:
     python examples/bench_overlap.py                  # 3 repetitions of each, alternating
     python examples/bench_overlap.py --reps 5 --threads 2 --json overlap.json
 
-It prints each repetition, the medians and their ratio. Nothing here changes the search: it measures whether
-building the overlap into ``LLMSearch`` and ``trainables.phase`` is worth it.
+It prints each repetition, the medians and their ratio. Nothing here changes the search: it measured whether
+building the overlap into ``LLMSearch`` and ``trainables.phase`` was worth it (it is built: ``overlap=True``).
+
+``--quickstart N`` measures the built thing instead: the whole quickstart, ``--overlap off`` and ``on`` alternating,
+N times each, each in a process of its own, with the mentor of ``--llm`` (e.g. ``llama-cpp``, the 1.5B mentor), and
+prints for each run Tune's wall, the seconds in which a round was asked and no phase descended
+(``timeline.round_wait``) and its share of Tune's wall, the phases' seconds per step and the test accuracy, then
+the medians and on / off ratios:
+
+    python examples/bench_overlap.py --quickstart 2 --llm llama-cpp
 """
 
 from __future__ import annotations
@@ -117,6 +125,33 @@ def _llm_worker(conn, go, round_done, meta_prompt: str, n: int) -> None:
         conn.send({"began": began, "ended": ended, "replies": len(replies)})
 
 
+def quickstarts(reps: int, llm: str, storage: str) -> dict:
+    """The quickstart ``reps`` times each way, alternating, each in a process of its own; its summaries."""
+    import subprocess
+
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "quickstart.py")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    runs: dict = {"off": [], "on": []}
+    for rep in range(reps):
+        for mode in ("off", "on"):
+            name = f"overlap-{mode}-{stamp}-{rep}"
+            subprocess.run([sys.executable, script, "--llm", llm, "--overlap", mode, "--storage", storage,
+                            "--name", name], check=True, stdout=subprocess.DEVNULL)
+            with open(os.path.join(storage, name, "quickstart_summary.json")) as f:
+                s = json.load(f)
+            steps = s["timeline"].get("in_phase_compute_s")
+            runs[mode].append(s)
+            print(f"rep {rep} overlap {mode:3s}: Tune {s['tune_wall_s']:.1f}s, waited for rounds {s['round_wait_s']:.1f}s "
+                  f"= {100 * s['round_wait_share']:.1f}%, phases' own compute {steps}s, test acc {s['best_test_acc']:.3f}, "
+                  f"load {os.getloadavg()[0]:.1f}", flush=True)
+    med = {m: {k: statistics.median(r[k] for r in runs[m]) for k in ("tune_wall_s", "round_wait_share")}
+           for m in runs}
+    print(f"median Tune wall: off {med['off']['tune_wall_s']:.1f}s, on {med['on']['tune_wall_s']:.1f}s (on / off "
+          f"{med['on']['tune_wall_s'] / med['off']['tune_wall_s']:.2f}); rounds' share: off "
+          f"{100 * med['off']['round_wait_share']:.1f}%, on {100 * med['on']['round_wait_share']:.1f}%")
+    return runs
+
+
 def meta_prompt() -> str:
     """Round 1's meta-prompt of the quickstart's search (``LLMSearch.dry_run``: no model is loaded)."""
     from ray_llm_search import LLMSearch, presets
@@ -137,7 +172,13 @@ def main(argv=None) -> dict:
     p.add_argument("--continuations", type=int, default=14, help="the mentor's continuations per round")
     p.add_argument("--steps", type=int, default=STEPS, help=f"steps of the phase (default {STEPS}, the quickstart's)")
     p.add_argument("--json", default=None, help="also write every repetition's timestamps here")
+    p.add_argument("--quickstart", type=int, default=0, metavar="N",
+                   help="instead: the quickstart N times with --overlap off and on, alternating")
+    p.add_argument("--llm", default="llama-cpp", help="with --quickstart: the quickstart's --llm")
+    p.add_argument("--storage", default="/tmp/bench_overlap", help="with --quickstart: the runs' folder")
     args = p.parse_args(argv)
+    if args.quickstart:
+        return quickstarts(args.quickstart, args.llm, args.storage)
     if args.steps < 1 or args.steps % EVAL_EVERY:
         p.error(f"--steps must be a positive multiple of {EVAL_EVERY}, got {args.steps}")
     ctx = mp.get_context("spawn")

@@ -53,6 +53,9 @@ def parse_args(argv=None):
     p.add_argument("--max-llm-calls", type=int, default=None, help="LLM budget: rounds past it fill from the pool")
     p.add_argument("--answer-cache", default=None,
                    help="file of cached LLM answers: a rerun of the same search replays them at no cost")
+    p.add_argument("--overlap", choices=("on", "off"), default=None,
+                   help="LLMSearch(overlap=...): the chain descends while the mentor thinks (on) or waits for each "
+                        "round (off); default: the preset's")
     p.add_argument("--no-warm", dest="warm", action="store_false",
                    help="let Tune start the trials' worker process itself (the quickstart otherwise prestarts it "
                         "while the mentor loads: ray_llm_search.warm, experimental)")
@@ -61,13 +64,17 @@ def parse_args(argv=None):
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    # The trials' torch (Ray's workers inherit this environment) sleeps instead of spinning while it waits: on a
+    # shared 2-core machine torch's default OpenMP wait made a step of 2 threads 4-6 times slower than passive
+    # waiting, beside llama.cpp's server or not (examples/bench_threads.py, examples/PERFORMANCE.md).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     logging.basicConfig(level=logging.WARNING)
     import ray
     from ray import tune
 
     from ray_llm_search import CachedLLM, LLMSearch, presets, warm
     from ray_llm_search.pool import loss_key
-    from ray_llm_search.timeline import describe, worker_timeline
+    from ray_llm_search.timeline import describe, round_wait, worker_timeline
     from trainables.text_prompt import evaluate_prompt, train_text_prompt
 
     started = time.time()
@@ -88,6 +95,8 @@ def main(argv=None) -> dict:
     if args.answer_cache:
         llm = CachedLLM(llm, args.answer_cache)
     overrides = {} if args.elites is None else {"elites": args.elites}
+    if args.overlap is not None:
+        overrides["overlap"] = args.overlap == "on"
     search = LLMSearch.from_preset(
         llm, TASK, SEEDS, args.preset or presets.DEFAULT, steps=args.steps, eval_every=args.eval_every,
         population=args.population, generations=args.generations, metric="val_acc", mode="max",
@@ -179,6 +188,7 @@ def main(argv=None) -> dict:
     compute = sum(int(r.get("step", 0)) * unit["step_s"] + int(r.get("evaluations", 1)) * unit["eval_s"] for r in last)
     timeline = worker_timeline(last, wall_s=tune_wall, workers=workers, phase_compute_s=phase_compute,
                                compute_s=compute, started_at=tune_started)
+    waited = round_wait(last, search.round_spans(), tune_started, tune_wall)
     wall = time.time() - started
     n_trials = len(analysis.trials)
     summary = {
@@ -186,6 +196,10 @@ def main(argv=None) -> dict:
         "tune_wall_s": round(tune_wall, 1),
         "llm_s": round(search.llm_seconds, 1),
         "llm_share": round(search.llm_seconds / max(wall, 1e-9), 3),
+        # the seconds of Tune's wall in which a round was asked and no phase descended (timeline.round_wait)
+        "round_wait_s": waited["wait_s"],
+        "round_wait_share": waited["share"],
+        "overlap": search.overlap,
         "trials": n_trials,
         "workers": workers,
         # the phase timed in this process without Tune (the compute a worker cannot avoid), and where the
@@ -211,6 +225,9 @@ def main(argv=None) -> dict:
     print(f"wall {summary['wall_s']}s (Tune {summary['tune_wall_s']}s, LLM rounds {summary['llm_s']}s = "
           f"{100 * summary['llm_share']:.0f}% of wall), {n_trials} trials, searcher CPU "
           f"{summary['searcher_cpu_ms_per_event']} ms/event")
+    print(f"the search waited for its LLM rounds {waited['wait_s']:.1f}s = {100 * waited['share']:.0f}% of Tune's wall "
+          f"(no phase descending while a round was asked; the rounds took {waited['rounds_s']:.1f}s in all; "
+          f"overlap={'on' if search.overlap else 'off'})")
     print(describe(timeline, tune_wall, workers))
     if prestarted:
         took = check.summary()

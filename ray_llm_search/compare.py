@@ -664,9 +664,10 @@ class Recorder(Callback):
             return
         # a function trainable's final result may repeat its last report: one row per (trial, step, screen)
         # (a projection evaluated as text is a screen row of its own, after the phase's last step)
-        # (an exploit's start, at a step the trial has evaluated itself before, is one of its own too)
+        # (an exploit's start, at a step the trial has evaluated itself before, is one of its own too, and so is a
+        # candidate adopted mid-phase, overlap=True, at the step it won at)
         index = (-2 if result.get("projection") else int(result.get("screen_index", -1)) if result.get("screen")
-                 else -3 if result.get("exploited_from") else -1)
+                 else -3 if result.get("exploited_from") or result.get("adopted") else -1)
         key = (trial_id, int(result["step"]), index)
         self.rows[key] = {
             "trial_id": trial_id, "generation": int(cfg.get("generation", 0)),

@@ -23,7 +23,7 @@ CONFIG_KEYS = ("prompt_init", "resume_from", "generation", "origin", "phase_seed
 # ``trainables.phase``; ``project_best`` for a mentor shown text scores.
 OPTIONAL_CONFIG_KEYS = ("steps", "eval_every", "prompt_candidates", "candidate_start", "mix_alpha",
                         "screen_margin", "screen_test", "reuse_start_score", "project_best",
-                        "keep_lowest_loss")
+                        "keep_lowest_loss", "mailbox")
 # Keys a phase reports at each evaluation, besides the metric itself (``vectors_path`` is optional: without
 # it an elite restarts from its projected text).
 REPORTED_KEYS = ("loss", "prompt_text", "step")
@@ -32,9 +32,9 @@ REPORTED_KEYS = ("loss", "prompt_text", "step")
 # trial whose Tune checkpoint it took, a PBT exploit).
 PHASE_KEYS = ("evaluations", "generation", "origin", "screen", "screen_index", "projection", "start", "start_text",
               "reused", "best_val_acc", "train_loss", "torch_threads", "vectors_path",
-              "loss_vectors_path", "exploited_from")
+              "loss_vectors_path", "exploited_from", "adopted", "mailbox_cursor")
 # Wall-clock keys of every result (they differ between two runs of the same phase).
-TIMING_KEYS = ("started_at", "setup_s", "first_step_s", "first_compute_s", "elapsed_s", "compute_s", "report_s")
+TIMING_KEYS = ("started_at", "setup_s", "first_step_s", "first_compute_s", "elapsed_s", "compute_s", "report_s", "wait_s")
 
 
 class PromptOnly:

@@ -9,7 +9,7 @@ at equal budget. ``examples/RESULTS.md`` has what each one measured.
 
 | preset | what it does | measured (issue #9, 4 tasks, 5 seeds) |
 |---|---|---|
-| ``"authors-paired"`` (``DEFAULT``) | the MaaO authors' regime (below) whose LLM candidates replace the chain's prompt only if they win a paired sign test against it on validation; the final prompt by the lowest validation loss | seeds 0-9: +4.4 points vs gradient only (SST-2 +0.3, TREC +8.9, AG News +3.5, BBC News +5.0), level with ``"authors"`` (+0.1); with the 135M mentor it adopted nothing (0 of 600 candidates), and its no-LLM twin scores the same in every run: the gain is the long descent's |
+| ``"authors-paired"`` (``DEFAULT``) | the MaaO authors' regime (below) whose LLM candidates replace the chain's prompt only if they win a paired sign test against it on validation; the final prompt by the lowest validation loss; the chain descends while the mentor thinks (``overlap=True``: each round's candidates are screened against the chain where it stands when they arrive) | seeds 0-9: +4.4 points vs gradient only (SST-2 +0.3, TREC +8.9, AG News +3.5, BBC News +5.0), level with ``"authors"`` (+0.1); with the 135M mentor it adopted nothing (0 of 600 candidates), and its no-LLM twin scores the same in every run: the gain is the long descent's |
 | ``"authors"`` | the MaaO authors' regime: one chain from the first seed prompt, 3 short phases each followed by an LLM round whose candidates are screened against the chain (a candidate must beat it on validation), then one long descent with the rest of the steps; the final prompt by the lowest validation loss | seeds 0-9: +4.3 (SST-2 −0.1); its no-LLM twin about as much |
 | ``"chains-paired"`` | every chain continues; generation 0 scores the seed prompts as text; one LLM round gives each chain ``G-1`` candidates, and a candidate replaces a chain only if it wins a paired sign test on the validation examples where the two disagree; start scores are reused; ``P`` trials at a time | +0.2; a garbage mentor costs ~nothing |
 | ``"chains-screened"`` | the same, a candidate wins on any gain | −0.9 |
@@ -162,7 +162,8 @@ def preset(name: str = DEFAULT, *, population: int = 4, generations: int = 3, st
                 "candidate_start": "mix"}
     if name in ("authors", "authors-faithful", "authors-paired"):
         faithful = name == "authors-faithful"
-        return {**({"screen_test": "paired"} if name == "authors-paired" else {}),"population": 1, "elites": 1, "seed_prompts": 1, "reuse_start_score": True,
+        # the default design descends while the mentor thinks (overlap: issue #26; examples/PERFORMANCE.md)
+        return {**({"screen_test": "paired", "overlap": True} if name == "authors-paired" else {}), "population": 1, "elites": 1, "seed_prompts": 1, "reuse_start_score": True,
                 "schedule": authors_schedule(population, generations, steps, eval_every, faithful),
                 "mentor_scores": "text" if faithful else "vectors", "select": "loss"}
     if name == "halving":

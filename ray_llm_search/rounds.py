@@ -13,6 +13,7 @@ import concurrent.futures
 import json
 import logging
 import os
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -49,15 +50,17 @@ def idle_wait_s(previous_rounds_s: list[float | None]) -> float:
 
 
 # What generations.jsonl keeps of a round (its "llm" entry).
-RECORD_KEYS = ("status", "error", "seconds", "asks", "meta_prompt", "replies", "candidates", "filled", "screened",
+RECORD_KEYS = ("status", "error", "started", "seconds", "asks", "meta_prompt", "replies", "candidates", "filled", "screened",
                "screen_filled", "rejected", "faults")
 
 
 @dataclass
 class Round:
     """One generation's LLM round. ``status``: ``"pending"`` while asked, then ``"done"``, ``"failed"`` or
-    ``"budget"`` (the LLM budget was spent: no call), or ``"skipped"`` (the generation needed no candidate).
-    ``direct``: candidates ready without an LLM (``proposals="perturb"``)."""
+    ``"budget"`` (the LLM budget was spent: no call), or ``"skipped"`` (the generation needed no candidate);
+    ``"waiting"`` (``LLMSearch(overlap=True)``): not asked yet, until the round before it ends.
+    ``direct``: candidates ready without an LLM (``proposals="perturb"``). ``lineages``: the chains its screened
+    candidates go to (``overlap=True``)."""
 
     generation: int
     status: str = "pending"
@@ -73,6 +76,7 @@ class Round:
     faults_before: dict[str, int] = field(default_factory=dict)
     direct: list[str] | None = None
     replayed: int = 0
+    lineages: list[str] = field(default_factory=list)
     # set when the round ends
     error: str | None = None
     seconds: float | None = None
@@ -135,9 +139,12 @@ class Journal:
 class RoundEngine:
     """Asks ``llm`` for one round at a time in a background thread (see the module docstring).
 
-    ``budget``: an ``LLMBudget`` or ``None``; once reached, a round fails at once without a call."""
+    ``budget``: an ``LLMBudget`` or ``None``; once reached, a round fails at once without a call. ``on_event``:
+    called (in a thread of its own) when an ask ends and when the round's timeout passes, so that a caller can
+    ``poll`` without waiting for its own next event."""
 
-    def __init__(self, llm, journal: Journal, timeout_s: float, reasks: int, budget=None) -> None:
+    def __init__(self, llm, journal: Journal, timeout_s: float, reasks: int, budget=None,
+                 on_event: Callable[[], None] | None = None) -> None:
         self.llm = llm
         self.journal = journal
         self.timeout_s = timeout_s
@@ -146,6 +153,8 @@ class RoundEngine:
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._future: concurrent.futures.Future | None = None
         self._budget_warned = False
+        self.on_event = on_event
+        self._timers: list[threading.Timer] = []
 
     @property
     def running(self) -> bool:
@@ -156,6 +165,7 @@ class RoundEngine:
         rnd.faults_before = dict(getattr(self.llm, "faults", {}) or {})
         if rnd.direct is not None:  # no LLM: the candidates are ready at once
             self._future = _done([])
+            self._watch(rnd)
             return
         self._ask(rnd)
 
@@ -199,7 +209,32 @@ class RoundEngine:
             concurrent.futures.wait([future], timeout=left)
         return future.done()
 
+    def _watch(self, rnd: Round) -> None:
+        """Call ``on_event`` when the current ask ends, and once the round's timeout has passed."""
+        if self.on_event is None or self._future is None:
+            return
+        self._future.add_done_callback(lambda _: self._notify())
+        left = self.timeout_s - (time.time() - rnd.started)
+        timer = threading.Timer(max(0.0, left) + 0.05, self._notify)
+        timer.daemon = True
+        timer.start()
+        self._timers = [t for t in self._timers if t.is_alive()] + [timer]
+
+    def _notify(self) -> None:
+        # never in the thread that started the ask (it may hold the caller's lock mid-poll): a thread of its own
+        threading.Thread(target=self._event, daemon=True, name="llm-search-event").start()
+
+    def _event(self) -> None:
+        try:
+            if self.on_event is not None:
+                self.on_event()
+        except Exception:
+            logger.exception("the LLM round's event handler raised")
+
     def close(self) -> None:
+        for timer in self._timers:
+            timer.cancel()
+        self._timers = []
         if self._executor is not None:
             self._executor.shutdown(wait=False)
             self._executor = None
@@ -231,6 +266,7 @@ class RoundEngine:
                 self._future = _failed(LLMError(entry["error"], entry.get("message") or "journaled failure"))
             else:
                 self._future = _done(list(entry.get("replies") or []))
+            self._watch(rnd)
             return
         reached = self.budget.reached(getattr(self.llm, "usage", None)) if self.budget else None
         if reached is not None:  # no call: the round fails at once and is filled from the pool
@@ -239,11 +275,13 @@ class RoundEngine:
                                rnd.generation)
                 self._budget_warned = True
             self._future = _failed(LLMError("budget", f"LLM budget reached: {reached}"))
+            self._watch(rnd)
             return
         if self._executor is None:
             self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="llm-search")
         self._future = self._executor.submit(self._call, rnd.generation, rnd.attempt, rnd.meta_prompt, rnd.n,
                                              delay_s)
+        self._watch(rnd)
 
     def _call(self, generation: int, attempt: int, meta_prompt: str, n: int, delay_s: float) -> list[str]:
         """Runs in the background thread: one ask, its outcome journaled before the searcher sees it."""

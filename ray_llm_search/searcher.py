@@ -17,6 +17,7 @@ import math
 import os
 import pickle
 import random
+import threading
 import time
 import uuid
 from collections import Counter
@@ -28,6 +29,7 @@ from ray.tune.search import Searcher
 from ray_llm_search import contract, presets, space, tables
 from ray_llm_search.budget import LLMBudget
 from ray_llm_search.llm.base import LLM
+from ray_llm_search.mailbox import make_mailbox
 from ray_llm_search.mentor import Mentor
 from ray_llm_search.pool import Evaluation, PromptPool, Trajectory, loss_key, normalize, perturb, vocabulary_of
 from ray_llm_search.records import GenerationLog
@@ -103,6 +105,16 @@ class LLMSearch(Searcher):
         prompt_tokens: how many tokens of a prompt the trainable keeps (its ``prompt_length``, 8 for the text
             trainable), told to the mentor with the length to aim for (``Mentor.prompt_tokens``); ``None``
             (default): the meta-prompt says only ``max_prompt_words``.
+        overlap: ``False`` (default): a continuing phase (elite) that screens candidates waits for its round and
+            screens them before its first step. ``True``: the chain descends while the mentor thinks: every elite
+            starts at once, and the round's screened candidates, when the round ends, go to the chain's running
+            phase through a mailbox (``ray_llm_search.mailbox``: a named Ray actor, or in-process without Ray),
+            which screens them at its next evaluation point against its vectors there (the same test, one
+            evaluation each, every loser a ``screen`` row); a winner replaces the chain's vectors (a fresh
+            optimizer) and the phase goes on from it. A round whose generation completes before the previous round
+            ends starts when that one ends; the last generation's phases wait at their last evaluation for every
+            candidate still owed, so the budget is the serial design's. Needs ``elites == population`` (new starts
+            would wait for their round anyway).
 
     Example:
         >>> search = LLMSearch(LocalLLM(), "Classify BBC news by topic.", ["the topic of this article is"],
@@ -140,6 +152,7 @@ class LLMSearch(Searcher):
         mentor_scores: str = "vectors",
         select: str = "metric",
         prompt_tokens: int | None = None,
+        overlap: bool = False,
     ) -> None:
         a = _check_arguments({k: v for k, v in locals().items() if k not in ("self", "__class__")})
         super().__init__(metric=metric, mode=mode)
@@ -162,6 +175,7 @@ class LLMSearch(Searcher):
         self.mentor_scores = mentor_scores
         self.select = select
         self.prompt_tokens = prompt_tokens
+        self.overlap = overlap
         self.llm_budget: LLMBudget | None = a["llm_budget"]
         self.max_prompt_words = max_prompt_words
         self.seed = seed
@@ -171,6 +185,8 @@ class LLMSearch(Searcher):
         self.llm_timeout_s = llm_timeout_s
         self.llm_reasks = llm_reasks
         self.meta_prompt_style: str = a["meta_prompt_style"]
+        self._lock = threading.RLock()  # the LLM thread delivers overlapped rounds (overlap=True) under it
+        self._mailbox = None  # made on first use (ray_llm_search.mailbox); never pickled
         self._reset_state()
         # This object's own id (a pickled copy gets a new one): a restore replays only the journaled answers of
         # the object that saved the state, never those a copy of it asked for on its own.
@@ -192,6 +208,13 @@ class LLMSearch(Searcher):
         self._held: list[dict] = []  # elites waiting for their round's candidates to screen
         self._suspicious: dict[str, dict[str, int]] = {}  # trial -> {"non_finite"/"step": count}
         self._screened: dict[int, list[dict]] = {}  # generation -> candidates evaluated as text at a start
+        # overlap=True: the candidates posted to each chain (lineage) in order, the chains told that no more
+        # will come, how many of its candidates each chain has screened (as its phases report), the rounds
+        # whose generation completed while an earlier round was still asked
+        self._posted: dict[str, list[dict]] = {}
+        self._closed: list[str] = []
+        self._cursor: dict[str, int] = {}
+        self._waiting: list[int] = []
         self._rng = random.Random(self.seed)
         self._space_rng = random.Random(f"{self.seed}:space")  # apart from _rng: phase seeds do not depend on it
         self._cpu_s = 0.0
@@ -256,6 +279,10 @@ class LLMSearch(Searcher):
             "held": list(self._held),
             "suspicious": self._suspicious,
             "screened": self._screened,
+            "posted": {k: list(v) for k, v in self._posted.items()},
+            "closed": list(self._closed),
+            "cursor": dict(self._cursor),
+            "waiting": list(self._waiting),
             "rng": self._rng.getstate(),
             "space_rng": self._space_rng.getstate(),
             "log_dir": self.log_dir,
@@ -264,6 +291,10 @@ class LLMSearch(Searcher):
         }
 
     def set_state(self, state: dict) -> None:
+        with self._lock:  # the LLM thread of overlap=True may deliver meanwhile
+            self._set_state(state)
+
+    def _set_state(self, state: dict) -> None:
         if state.get("version") != _STATE_VERSION:
             raise ValueError(f"searcher state version {state.get('version')!r} is not {_STATE_VERSION}")
         self._metric, self._mode = state["metric"], state["mode"]
@@ -277,6 +308,10 @@ class LLMSearch(Searcher):
         self._held = list(state.get("held", []))
         self._suspicious = state.get("suspicious", {})
         self._screened = state.get("screened", {})
+        self._posted = {k: list(v) for k, v in (state.get("posted") or {}).items()}
+        self._closed = list(state.get("closed") or [])
+        self._cursor = dict(state.get("cursor") or {})
+        self._waiting = list(state.get("waiting") or [])
         self._rng = random.Random()
         self._rng.setstate(state["rng"])
         if state.get("space_rng") is not None:
@@ -292,15 +327,18 @@ class LLMSearch(Searcher):
         if self._log is not None:
             self._log.close()
         self._log = None
+        # The restored chains' phases read the mailbox of this search's name: it is made again at the next event
+        # (Ray is up by then), with every candidate posted before (a phase skips those its cursor says it screened).
+        self._mailbox = None
         # A round still running when the state was saved is asked again, unless the crashed run journaled its
         # answer (see _ask); finished rounds are never asked again.
-        pending = self._rounds.get(self._generation)
+        pending = self._pending_round() if self.overlap else self._rounds.get(self._generation)
         if pending is not None and pending.status == "pending":
-            self._restart_round(self._generation)
+            self._restart_round(pending.generation)
 
     def save(self, checkpoint_path: str) -> None:
         tmp = checkpoint_path + ".tmp"
-        with open(tmp, "wb") as f:
+        with self._lock, open(tmp, "wb") as f:
             pickle.dump(self.get_state(), f)
         os.replace(tmp, checkpoint_path)
 
@@ -309,10 +347,13 @@ class LLMSearch(Searcher):
             self.set_state(pickle.load(f))
 
     def __getstate__(self) -> dict:
-        # Tune pickles the search algorithm with the experiment: leave out threads and open writers.
-        state = dict(self.__dict__)
+        # Tune pickles the search algorithm with the experiment: leave out threads, locks, actors, open writers.
+        with self._lock:
+            state = dict(self.__dict__)
         state["_engine"] = None
         state["_log"] = None
+        state["_lock"] = None
+        state["_mailbox"] = None
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -320,18 +361,22 @@ class LLMSearch(Searcher):
         self.__dict__.update({"llm_reasks": 0, "_replay_from": None,
                               "_search_id": uuid.uuid4().hex[:16], "schedule": None, "screen": 0, "proposals": "llm",
                               "candidate_start": "text", "mix_alpha": 0.5, "reuse_start_score": False, "screen_margin": 0, "screen_test": "gain", "llm_budget": None, "mentor_scores": "vectors", "preset": None, "select": "metric",
-                              "prompt_tokens": None, "_held": [], "_screened": {}, "_suspicious": {}, "_domains": [],
+                              "overlap": False, "prompt_tokens": None, "_posted": {}, "_closed": [], "_cursor": {}, "_waiting": [],
+                              "_held": [], "_screened": {}, "_suspicious": {}, "_domains": [],
                               "_space_rng": random.Random()})
         for stale in ("_executor", "_future", "_budget_warned", "_restored"):  # pickled by an older version
             state.pop(stale, None)
         self.__dict__.update(state)
         self._rounds = {g: self._round_from_state(r) for g, r in self._rounds.items()}
         self._incarnation = uuid.uuid4().hex[:12]
+        self._lock = threading.RLock()
+        self._mailbox = None
         self._engine = self._round_engine()
 
     def _round_engine(self) -> RoundEngine:
         journal = Journal(self.log_dir, self._search_id, self._incarnation, self._replay_from)
-        return RoundEngine(self.llm, journal, self.llm_timeout_s, self.llm_reasks, self.llm_budget)
+        return RoundEngine(self.llm, journal, self.llm_timeout_s, self.llm_reasks, self.llm_budget,
+                           on_event=self._deliver if self.overlap else None)
 
     def _round_from_state(self, value: Round | dict) -> Round:
         """A saved round; older versions saved dicts, some without the round's size or new starts."""
@@ -367,10 +412,11 @@ class LLMSearch(Searcher):
 
     def suggest(self, trial_id: str) -> dict | str | None:
         start = time.thread_time()
-        try:
-            return self._suggest(trial_id)
-        finally:
-            self._tick(start)
+        with self._lock:
+            try:
+                return self._suggest(trial_id)
+            finally:
+                self._tick(start)
 
     def _suggest(self, trial_id: str) -> dict | str | None:
         if not self._metric or not self._mode:
@@ -380,6 +426,10 @@ class LLMSearch(Searcher):
         if self._generation >= self.generations:
             return Searcher.FINISHED
         self._wait_if_idle()
+        if self.overlap:
+            # made at the first ask, so that its process has started by the time the first chain reads it (and a
+            # restored search's running phases find it again, with what it had posted)
+            self._box()
         self._poll_round()
         if not self._queue:
             last = self._generation == self.generations - 1
@@ -417,6 +467,8 @@ class LLMSearch(Searcher):
         if spec.get("prompt_candidates"):
             out.update(prompt_candidates=list(spec["prompt_candidates"]), candidate_start=self.candidate_start,
                        mix_alpha=self.mix_alpha, screen_margin=self.screen_margin, screen_test=self.screen_test)
+        if spec.get("mailbox"):
+            out["mailbox"] = self._mailbox_config(spec["lineage"], generation)
         if spec["resume_from"] and self.reuse_start_score:
             out["reuse_start_score"] = True
         if self.mentor_scores == "text" and self._round_follows(generation):
@@ -448,12 +500,19 @@ class LLMSearch(Searcher):
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         start = time.thread_time()
-        try:
-            self._record(trial_id, result)
-        finally:
-            self._tick(start)
+        with self._lock:
+            try:
+                self._record(trial_id, result)
+                if self.overlap:
+                    self._poll_round()  # the round's candidates reach the running chain at its next evaluation
+            finally:
+                self._tick(start)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        with self._lock:
+            self._on_trial_complete(trial_id, result, error)
+
+    def _on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         start = time.thread_time()
         try:
             trajectory = self._pool.trajectories.get(trial_id)
@@ -491,6 +550,9 @@ class LLMSearch(Searcher):
                 f"{sorted(k for k in result if not k.startswith('config'))[:20]}"
             )
         value = _float(result[self._metric])
+        cursor = result.get("mailbox_cursor")
+        if _is_int(cursor, 0) and trajectory.lineage:
+            self._cursor[trajectory.lineage] = max(cursor, self._cursor.get(trajectory.lineage, 0))
         if result.get("screen"):
             # A candidate that lost its screening: known as text, never a phase of its own.
             text = str(result.get("prompt_text", ""))[:1000]
@@ -515,7 +577,8 @@ class LLMSearch(Searcher):
             self._warn_once(trial_id, "non_finite", "trial %s reported %s=%r, loss=%r: kept in its trajectory and "
                             "counted in the records, never ranked, an elite, the best or shown to the LLM",
                             trial_id, self._metric, value, evaluation.loss)
-        if last is not None and step <= last.step and (step, evaluation.text) != (last.step, last.text):
+        moved = bool(result.get("adopted")) and last is not None and step == last.step  # a candidate won mid-phase
+        if last is not None and step <= last.step and (step, evaluation.text) != (last.step, last.text) and not moved:
             self._warn_once(trial_id, "step", "trial %s reported step %d after step %d (a restart from an older "
                             "checkpoint?): both evaluations are kept", trial_id, step, last.step)
         path = result.get("vectors_path")
@@ -563,6 +626,9 @@ class LLMSearch(Searcher):
             return
         plan = self._plan(nxt)
         self._sizes[nxt] = plan["population"]
+        if self.overlap:
+            self._next_overlapped(nxt)
+            return
         # Elites start at once from their exact vectors, so workers are busy while the LLM thinks, unless they
         # screen candidates first: then they wait for the round (held) and take their candidates with them.
         elites = self._elite_specs(nxt, plan["elites"])
@@ -607,14 +673,14 @@ class LLMSearch(Searcher):
                 "screen": entry.get("screen", self.screen) if generation > 0 else 0, "population": population,
                 "elites": min(population, entry.get("elites", self.elites)) if generation > 0 else self.elites}
 
-    def _start_round(self, generation: int, new_starts: int, slots: int) -> None:
+    def _start_round(self, generation: int, new_starts: int, slots: int, lineages: list[str] | None = None) -> None:
         n = self.candidates_per_round or new_starts + 2 * slots  # ask for more than the screening needs
         if self.mentor_scores == "text":
             meta_prompt = self.mentor.build_scored(self.text_scores()[: max(self.top_k, 12)], n, self.meta_prompt_style)
         else:
             meta_prompt = self.mentor.build(self._pool.ranked()[: self.top_k], n, self.meta_prompt_style)
         rnd = Round(generation, meta_prompt=meta_prompt, n=n, new_starts=new_starts, screen_slots=slots,
-                    started=time.time())
+                    started=time.time(), lineages=list(lineages or []))
         if self.proposals == "perturb":  # no LLM: the candidates are random edits of the best texts
             rnd.direct = self._perturbed(n, generation, set())
         self._rounds[generation] = rnd
@@ -627,6 +693,9 @@ class LLMSearch(Searcher):
     def _poll_round(self) -> None:
         """Once the current generation's round has ended: its candidates start the new phases (topped up from
         the pool) and go to the held elites to screen."""
+        if self.overlap:
+            self._poll_overlapped()
+            return
         generation = self._generation
         rnd = self._rounds.get(generation)
         if rnd is None or rnd.status != "pending":
@@ -683,7 +752,123 @@ class LLMSearch(Searcher):
 
     def _restart_round(self, generation: int) -> None:
         rnd = self._rounds[generation]
-        self._start_round(generation, rnd.new_starts, rnd.screen_slots)
+        self._start_round(generation, rnd.new_starts, rnd.screen_slots, rnd.lineages)
+
+    # -- overlap=True: the chain descends while the mentor thinks ------------------------------------------
+
+    def _next_overlapped(self, generation: int) -> None:
+        """Generation ``generation`` begins without waiting for its round: its elites are queued at once with the
+        chain's mailbox; the round starts now, or when the round still being asked ends (its meta-prompt is then
+        made from the pool as it stands). A chain lost (no finite evaluation) is replaced from the pool."""
+        plan = self._plan(generation)
+        elites = self._elite_specs(generation, plan["elites"])
+        for spec in elites:
+            spec["mailbox"] = True
+        self._queue.extend(elites)
+        taken = {normalize(s["prompt_init"]) for s in elites}
+        fill = self._fill(plan["population"] - len(elites), taken)
+        self._queue.extend(self._spec(text, generation, "pool") for text in fill)
+        slots = plan["screen"] * len(elites)
+        lineages = [spec["lineage"] for spec in elites]
+        if not slots:
+            self._rounds[generation] = Round.skipped(generation)
+        elif self._pending_round() is not None:
+            self._rounds[generation] = Round(generation, status="waiting", screen_slots=slots, lineages=lineages)
+            self._waiting.append(generation)
+        else:
+            self._start_round(generation, 0, slots, lineages)
+        self._box().set_asking(self._pending_round() is not None)
+        self._maybe_close()
+
+    def _pending_round(self) -> Round | None:
+        pending = [r for g, r in sorted(self._rounds.items()) if r.status == "pending"]
+        return pending[0] if pending else None
+
+    def _deliver(self) -> None:
+        """Called from the LLM thread when an ask ends or times out (``RoundEngine(on_event=...)``): the round's
+        candidates are posted at once, even where Tune has stopped asking the searcher (a ``ConcurrencyLimiter``
+        at its limit, a last phase waiting for them) and in-process without Tune."""
+        with self._lock:
+            if self._engine is None or self._generation >= self.generations:
+                return
+            try:
+                self._poll_round()
+            except Exception:  # never lose the LLM thread to a bug here: the next Tune event polls again
+                logger.exception("could not deliver an LLM round's candidates")
+
+    def _poll_overlapped(self) -> None:
+        rnd = self._pending_round()
+        if rnd is None:
+            return
+        if not self._engine.running:  # restored without a thread: ask again (or replay the journal)
+            self._restart_round(rnd.generation)
+            rnd = self._rounds[rnd.generation]
+        outcome = self._engine.poll(rnd, lambda replies, n: self.mentor.parse(
+            replies, n, seen=lambda t: not self._pool.is_new(t)))
+        if outcome is None:
+            return
+        g, slots, lineages = rnd.generation, rnd.screen_slots, rnd.lineages or []
+        screened = list(rnd.candidates[:slots])
+        fill = self._perturbed(slots - len(screened), g, {normalize(c) for c in screened})
+        messages: dict[str, list[dict]] = {}
+        for i, text in enumerate(screened + fill):
+            lineage = lineages[i % len(lineages)] if lineages else ""
+            messages.setdefault(lineage, []).append({"id": f"{g}:{i}", "text": text, "generation": g,
+                                                     "origin": "llm" if i < len(screened) else "perturb"})
+            self._pool.mark_seen(text)  # a later round must not offer it again before it is screened
+        for lineage, batch in messages.items():
+            self._posted.setdefault(lineage, []).extend(batch)
+            self._box().post(lineage, batch)
+        error = outcome.error
+        rnd.status = "done" if error is None else "budget" if error == "budget" else "failed"
+        rnd.error, rnd.seconds, rnd.asks = error, round(outcome.elapsed, 3), rnd.attempt + 1
+        rnd.candidates, rnd.filled, rnd.screened, rnd.screen_filled = [], [], screened, fill
+        rnd.faults = outcome.faults
+        log = logger.warning if error or rnd.faults or not screened else logger.info
+        log("LLM round for generation %d %s after %d ask(s) in %.1fs: %d candidates posted to the running chain(s), "
+            "%d of them perturbed; faults %s, rejected %s", g, "failed (" + error + ")" if error else "done",
+            rnd.asks, outcome.elapsed, len(screened) + len(fill), len(fill), rnd.faults, rnd.rejected)
+        if self._waiting:
+            nxt = self._waiting.pop(0)
+            waiting = self._rounds[nxt]
+            self._start_round(nxt, 0, waiting.screen_slots, waiting.lineages)
+        self._box().set_asking(self._pending_round() is not None)
+        self._maybe_close()
+
+    def _maybe_close(self) -> None:
+        """Once the last generation has begun and no round is asked or waiting, tell every chain that no more
+        candidates will come (its last phase stops waiting once it has screened what was posted)."""
+        if self._generation < self.generations - 1:
+            return
+        if any(r.status in ("pending", "waiting") for r in self._rounds.values()):
+            return
+        for lineage in sorted(set(self._posted) | {t.lineage for t in self._pool.trajectories.values()
+                                                   if t.generation > 0 and t.lineage}
+                              | {s["lineage"] for s in self._queue if s.get("lineage")}):
+            if lineage not in self._closed:
+                self._closed.append(lineage)
+                self._box().close(lineage)
+
+    def _box(self):
+        """The search's mailbox, made on first use; a new one (a restored search) gets every message posted
+        before and the chains' closed flags again."""
+        if self._mailbox is None:
+            self._mailbox = make_mailbox(self._search_id)
+            for lineage, messages in self._posted.items():
+                self._mailbox.post(lineage, messages)
+            for lineage in self._closed:
+                self._mailbox.close(lineage)
+        return self._mailbox
+
+    def _mailbox_config(self, lineage: str, generation: int) -> dict:
+        """The ``mailbox`` config key of a phase of ``lineage``: where to read, from which message on, and whether
+        it must wait at its end for every candidate still owed (the last generation's phases)."""
+        self._box()
+        owed = sum(r.status in ("pending", "waiting") for r in self._rounds.values())
+        return {**self._mailbox.spec, "key": lineage, "cursor": int(self._cursor.get(lineage, 0)),
+                "mentor_threads": mentor_threads(self.llm),
+                "drain": generation == self.generations - 1,
+                "wait_s": float(self.llm_timeout_s) * (owed + 1) + 60.0}
 
     def _assign_screening(self, rnd: Round, held: list[dict], generation: int,
                           taken: set[str]) -> tuple[list[str], list[str]]:
@@ -782,6 +967,22 @@ class LLMSearch(Searcher):
         return self._log
 
     def _finish(self) -> None:
+        if self.overlap:  # rounds that ended after their generation's record was written: written again
+            for record in self._records:
+                rnd = self._rounds.get(record["generation"])
+                if rnd is not None and record.get("llm") != rnd.record():
+                    record["llm"] = rnd.record()
+                    try:
+                        self._logger().write_generation(record, self._metric)
+                    except OSError:
+                        logger.exception("could not write the generation summary to %s", self.log_dir)
+            try:
+                tables.write_csv(os.path.join(self.log_dir, tables.GENERATIONS_FILE), self.records)
+            except OSError:
+                logger.exception("could not write the generations to %s", self.log_dir)
+            if self._mailbox is not None:
+                self._mailbox.shutdown()
+                self._mailbox = None
         best = self.best()
         try:
             if best is not None:
@@ -911,9 +1112,25 @@ class LLMSearch(Searcher):
             raise ValueError(f"kind must be 'evaluations' or 'generations', got {kind!r}")
         return tables.dataframe(self.evaluation_rows() if kind == "evaluations" else self.records)
 
+    def round_spans(self) -> list[tuple[float, float]]:
+        """``(start, end)`` wall-clock times of every LLM round asked (``timeline.round_wait``)."""
+        return [(r.started, r.started + r.seconds) for r in self._rounds.values()
+                if r.started and isinstance(r.seconds, (int, float))]
+
     @property
     def llm_seconds(self) -> float:
         return sum(r.seconds or 0.0 for r in self._rounds.values())
+
+
+def mentor_threads(llm: Any) -> int:
+    """CPU threads the mentor computes with on the driver's node, which a phase on that node leaves it while a
+    round is asked (``overlap=True``): a llama.cpp server this search started (``LlamaCppChat.threads``), 1 for a
+    model in the driver's process (``LocalLLM``), 0 for an endpoint elsewhere (``OpenAIChat``)."""
+    inner = getattr(llm, "llm", llm)  # CachedLLM wraps the mentor
+    threads = getattr(inner, "threads", None)
+    if _is_int(threads, 0):
+        return threads
+    return 1 if type(inner).__name__ == "LocalLLM" else 0
 
 
 def _int(value: Any, default: int) -> int:
@@ -960,6 +1177,7 @@ _ARGUMENT_CHECKS = (
     ("prompt_tokens", lambda v: v is None or _is_int(v, 1), "None or an integer >= 1"),
     ("llm_timeout_s", lambda v: isinstance(v, (int, float)) and v > 0, "a number of seconds > 0"),
     ("llm_reasks", lambda v: _is_int(v, 0), "an integer >= 0"),
+    ("overlap", lambda v: isinstance(v, bool), "True or False"),
 )
 
 
@@ -996,6 +1214,16 @@ def _check_arguments(a: dict) -> dict:
     for name, valid, what in _ARGUMENT_CHECKS[1:]:
         if not valid(a[name]):
             raise ValueError(f"{name} must be {what}, got {a[name]!r}")
+    if a["overlap"] and a["elites"] != a["population"]:
+        raise ValueError(f"overlap=True needs elites == population (every phase continues a chain; a new start "
+                         f"waits for its round's text anyway), got elites={a['elites']!r}, "
+                         f"population={a['population']!r}")
+    narrowed = [i for i, e in enumerate(schedule or []) if i and e.get("population", a["population"]) != e.get(
+        "elites", a["elites"])]
+    if a["overlap"] and narrowed:
+        raise ValueError(f"overlap=True needs elites == population in every generation, and schedule[{narrowed[0]}] "
+                         f"has population {schedule[narrowed[0]].get('population', a['population'])} and elites "
+                         f"{schedule[narrowed[0]].get('elites', a['elites'])}")
     llm_budget = LLMBudget.parse(a["llm_budget"])
     log_dir = a["log_dir"]
     if log_dir is not None and (not isinstance(log_dir, str) or "://" in log_dir):

@@ -103,6 +103,47 @@ def worker_timeline(results: list[dict], wall_s: float, workers: int, phase_comp
     return out
 
 
+def round_wait(results: list[dict], rounds: list[tuple[float, float]], started_at: float, wall_s: float) -> dict:
+    """How long the search waited for its LLM rounds: the seconds of Tune's wall (``started_at`` to
+    ``started_at + wall_s``) during which some round was being asked (``rounds``: ``(start, end)`` times) and
+    no phase was descending. A phase descends from its first step (``started_at + first_step_s``) to its end
+    (``started_at + elapsed_s``) less the seconds it waited at its end for candidates still owed (``wait_s``,
+    ``LLMSearch(overlap=True)``); its setup and its start's evaluations are not descent. Returns ``wait_s``,
+    ``share`` (``wait_s / wall_s``) and ``rounds_s`` (the rounds' own seconds within the wall, overlapping or not).
+    """
+    end = started_at + wall_s
+    asked = _union([(max(a, started_at), min(b, end)) for a, b in rounds if b > a])
+    descending = []
+    for r in results:
+        if not (_number(r.get("started_at")) and _number(r.get("elapsed_s")) and _number(r.get("first_step_s"))):
+            continue
+        a = r["started_at"] + r["first_step_s"]
+        b = r["started_at"] + r["elapsed_s"] - (float(r["wait_s"]) if _number(r.get("wait_s")) else 0.0)
+        if b > a:
+            descending.append((a, b))
+    waited = _measure(asked) - _measure(_intersect(asked, _union(descending)))
+    return {"wait_s": round(waited, 2), "share": round(waited / max(wall_s, 1e-9), 3),
+            "rounds_s": round(_measure(asked), 2)}
+
+
+def _union(spans: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    out: list[list[float]] = []
+    for a, b in sorted(s for s in spans if s[1] > s[0]):
+        if out and a <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], b)
+        else:
+            out.append([a, b])
+    return [(a, b) for a, b in out]
+
+
+def _intersect(x: list[tuple[float, float]], y: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    return [(max(a, c), min(b, d)) for a, b in x for c, d in y if min(b, d) > max(a, c)]
+
+
+def _measure(spans: list[tuple[float, float]]) -> float:
+    return sum(b - a for a, b in spans)
+
+
 def describe(summary: dict, wall_s: float, workers: int) -> str:
     """The summary as two lines for a log or a terminal."""
     first = summary["first_step_warm_s"]

@@ -64,6 +64,10 @@ SEARCH_ROWS = [
     ("llm_reasks < 0", {"llm_reasks": -1}, "llm_reasks must be an integer >= 0, got -1"),
     ("unknown meta_prompt_style", {"meta_prompt_style": "json"},
      "meta_prompt_style must be 'chat' or 'completion', got 'json'"),
+    ("overlap not a bool", {"overlap": "yes"}, "overlap must be True or False, got 'yes'"),
+    ("overlap with new starts", {"overlap": True},
+     "overlap=True needs elites == population (every phase continues a chain; a new start waits for its round's "
+     "text anyway), got elites=1, population=4"),
     ("llm without propose", {"llm": "gpt-4o-mini"}, "llm must have propose(meta_prompt, n)"),
     ("log_dir as a URI", {"log_dir": "s3://bucket/prefix"}, "log_dir must be a local filesystem path"),
 ]

@@ -501,7 +501,7 @@ def test_preset_names_and_numbers_are_checked():
         4, 3, 12, 4)["evaluations"]
     kw = presets.preset(steps=8, eval_every=4)
     assert presets.DEFAULT == "authors-paired" and kw["population"] == kw["elites"] == 1 and kw["seed_prompts"] == 1
-    assert kw["screen_test"] == "paired" and kw["select"] == "loss"
+    assert kw["screen_test"] == "paired" and kw["select"] == "loss" and kw["overlap"] is True
     paired = presets.preset("chains-paired", steps=8, eval_every=4)
     assert paired["screen_test"] == "paired" and paired["elites"] == 4
 

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from ray_llm_search.timeline import describe, worker_timeline
+from ray_llm_search.timeline import describe, round_wait, worker_timeline
 
 
 def row(pid, start, elapsed, setup, first_step=None, first_compute=None):
@@ -61,6 +61,16 @@ def test_reports_and_checkpoints_add_up_where_every_phase_times_them():
     assert "sending results and checkpoints 0.75s in all" in describe(s, 30.0, 2)
     partial = worker_timeline(results + [row(3, 100.0, 3.0, 0.1)], wall_s=30.0, workers=2)
     assert "report_s" not in partial and "sending results" not in describe(partial, 30.0, 2)
+
+
+def test_the_rounds_share_counts_only_time_a_round_is_asked_and_no_phase_descends():
+    # serial: phase A [0, 10] (steps from 1), round [10, 20], phase B [21, 30] (its setup and screening to 23)
+    serial = [{"started_at": 0, "first_step_s": 1, "elapsed_s": 10}, {"started_at": 21, "first_step_s": 2, "elapsed_s": 9}]
+    assert round_wait(serial, [(10, 20)], started_at=0, wall_s=30) == {"wait_s": 10.0, "share": 0.333, "rounds_s": 10.0}
+    # overlapped: B starts at 10 and descends from 11 while the round is asked; the last phase waits 3 s at its end
+    overlap = [{"started_at": 0, "first_step_s": 1, "elapsed_s": 10},
+               {"started_at": 10, "first_step_s": 1, "elapsed_s": 15, "wait_s": 3}]
+    assert round_wait(overlap, [(10, 25)], started_at=0, wall_s=25) == {"wait_s": 4.0, "share": 0.16, "rounds_s": 15.0}
 
 
 def test_no_timed_results_is_a_summary_not_an_error():

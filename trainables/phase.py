@@ -41,6 +41,15 @@ Screened starts (the searcher sets these keys; see ``LLMSearch(screen=...)``):
   on any pyarrow filesystem. Inside Tune with ``storage_path`` on object storage (not the local filesystem), a
   local ``vector_dir`` is replaced by ``vectors/`` in the trial's own folder there (``vector_location``), so that
   the files reach storage every node reads; ``vectors_path`` is then a URI that ``load_vectors`` opens anywhere.
+- ``mailbox`` (``LLMSearch(overlap=True)``): where candidates that arrive while the phase descends are posted
+  (``ray_llm_search.mailbox``: ``kind`` and where, ``key`` (the chain), ``cursor`` (how many of its messages earlier
+  phases screened), ``drain``, ``wait_s``). At each evaluation point, after reporting the chain's result, the
+  phase reads the messages past its cursor and screens them as ``prompt_candidates`` are screened at a start,
+  against the vectors it has just evaluated (the same test, one evaluation each, every loser a ``screen`` row);
+  a winner replaces the vectors (a fresh optimizer) and is reported at that step with ``adopted: True``, ``start``
+  and ``start_text``. ``drain``: after its last evaluation the phase waits (at most ``wait_s``, sleeping) until
+  the mailbox says no more will come, screening what arrives; its seconds waiting are ``wait_s`` in its last
+  result, sent again after the wait. The cursor travels in results (``mailbox_cursor``) and restart checkpoints.
 - ``keep_lowest_loss``: besides its best vectors (by accuracy, then loss: what an elite resumes from), the phase
   keeps the vectors of its lowest validation loss in ``<vector_dir>/<trial_id>.loss.pt`` and reports that path
   as ``loss_vectors_path``, for a search whose final prompt is chosen by loss (``LLMSearch(select="loss")``).
@@ -363,6 +372,22 @@ class Phase:
         self.optimizer: torch.optim.Optimizer | None = None
         self._lr_at = getattr(model, "lr_at", None)
         self._base_lr = float(self.cfg["lr"])
+        # overlap: candidates posted while the phase runs (see the module docstring's ``mailbox``)
+        spec = config.get("mailbox")
+        self.mailbox: dict | None = dict(spec) if isinstance(spec, dict) and spec.get("key") is not None else None
+        self.cursor = int(self.mailbox.get("cursor") or 0) if self.mailbox else 0
+        if self.restored is not None and self.mailbox and "mailbox_cursor" in self.restored:
+            self.cursor = int(self.restored["mailbox_cursor"])
+        self._reader = None
+        self.threads = torch.get_num_threads()  # the phase's own (match_threads), lent to the mentor while it asks
+        self._mentor_node = self._on_mentor_node()
+        self._last: tuple | None = None  # (loss, acc, per-example results) of the chain's last evaluation
+        self._last_metrics: dict | None = None
+        self._screen_rows = 0
+        self._read_failed = 0
+        if self.mailbox and self.cfg["screen_test"] == "paired" and self._each is None:
+            raise ValueError("screen_test='paired' needs a model with evaluate_each(vectors, examples) -> (loss, acc, "
+                             f"right per example); {type(model).__name__} has none")
 
     def evaluate(self, vectors: torch.Tensor) -> tuple[float, float]:
         """(loss, accuracy) on validation, counted in ``evaluations``."""
@@ -470,6 +495,14 @@ class Phase:
                                      start=start["label"], start_text=start["text"])
         elif self.exploited_from is not None:
             self.evaluate_and_report(self.start_step, math.nan, start="exploit", exploited_from=self.exploited_from)
+        try:
+            return self._descend()
+        finally:
+            if torch.get_num_threads() != self.threads:
+                torch.set_num_threads(self.threads)
+
+    def _descend(self) -> dict:
+        self.screen_arrivals(self.start_step)  # what arrived before the phase began, against its start
         steps, eval_every = self.cfg["steps"], self.cfg["eval_every"]
         running = []
         for step in range(self.start_step + 1, steps + 1):
@@ -478,23 +511,147 @@ class Phase:
                 last = step == steps and bool(self.config.get("project_best"))
                 self.evaluate_and_report(step, sum(running) / len(running), project=last)
                 running = []
+                self.screen_arrivals(step)
+        if self.mailbox and self.mailbox.get("drain"):
+            self.drain(max(steps, self.start_step))
         return {**(self.best or {}), "vectors_path": self.vectors_path, "evaluations": self.evaluations}
 
+    def _on_mentor_node(self) -> bool:
+        """Whether this phase runs where the mentor computes (the driver's node; in-process: here)."""
+        if not self.mailbox or not self.mailbox.get("mentor_threads"):
+            return False
+        node = self.mailbox.get("node_id")
+        if node is None:
+            return True
+        try:
+            import ray
+
+            return ray.get_runtime_context().get_node_id() == node
+        except Exception:
+            return False
+
+    def _lend_threads(self, asking: bool) -> None:
+        """While a round is asked on this node, the phase computes with its threads less the mentor's (at least
+        one): on a small machine a torch thread sharing a core with the mentor's stalls every parallel region of
+        the step (``examples/PERFORMANCE.md``); back to its own when the round has ended."""
+        want = self.threads
+        if asking and self._mentor_node:
+            want = max(1, self.threads - int(self.mailbox.get("mentor_threads") or 0))
+        if torch.get_num_threads() != want:
+            torch.set_num_threads(want)
+
+    def _read(self) -> tuple[list[dict], bool | None]:
+        """The mailbox's messages past the cursor and whether it is closed (``None``: unreachable now)."""
+        from ray_llm_search.mailbox import open_mailbox
+
+        try:
+            if self._reader is None:
+                self._reader = open_mailbox(self.mailbox)
+            messages, closed, asking = self._reader.read(self.mailbox["key"], self.cursor)
+            self._lend_threads(bool(asking))
+        except Exception as e:  # a driver restarting, a network fault: the phase goes on, and reads again later
+            if not self._read_failed:
+                logger.warning("trial %s: cannot read its candidates' mailbox (%s); it reads again later",
+                               self.trial_id, e)
+            self._read_failed += 1
+            self._reader = None
+            return [], None
+        return [m for m in messages if isinstance(m, dict) and isinstance(m.get("text"), str)], bool(closed)
+
+    def screen_arrivals(self, step: int) -> int:
+        """Screen the candidates that arrived since the last read against the chain's vectors as they stand
+        (their last evaluation, at ``step``); returns how many."""
+        if not self.mailbox:
+            return 0
+        messages, _ = self._read()
+        if not messages or self._last is None:  # (a phase restarted from its checkpoint has not evaluated yet)
+            return 0
+        self._screen_messages(step, messages)
+        return len(messages)
+
+    def _screen_messages(self, step: int, messages: list[dict]) -> None:
+        own_loss, own_acc, own_right = self._last
+        scored = []
+        for m in messages:
+            vectors = self.model.init_vectors(m["text"]).detach().float().to(self.prompt.device)
+            if self.cfg["candidate_start"] == "mix":
+                alpha = self.cfg["mix_alpha"]
+                vectors = (1.0 - alpha) * self.prompt.detach() + alpha * vectors
+            scored.append((m["text"], vectors, self.evaluate(vectors), self.right["last"]))
+        self.cursor += len(messages)
+        best_i = _choose(scored, (own_loss, own_acc), own_right, self.cfg, len(self.val))
+        for i, (text, _, (loss, acc), _) in enumerate(scored):
+            if i != best_i:
+                self._send({**self._metrics(acc, loss, text, step), "screen": True,
+                            "screen_index": self._screen_rows})
+                self._screen_rows += 1
+        if best_i is None:
+            return
+        text, vectors, score, flags = scored[best_i]
+        logger.info("trial %s: candidate %r wins its screening at step %d; the chain goes on from it", self.trial_id,
+                    text, step)
+        with torch.no_grad():
+            self.prompt.copy_(vectors)
+        self.optimizer = make_optimizer(self.cfg["optimizer"], [self.prompt, *self.model.extra_parameters()],
+                                        self._base_lr, float(self.cfg["weight_decay"]))
+        self.evaluate_and_report(step, math.nan, scored=score, right=flags, start=f"candidate {best_i}",
+                                 start_text=text, adopted=True)
+
+    def drain(self, step: int) -> None:
+        """After the last step: wait, sleeping, until the mailbox is closed, screening what arrives (every
+        candidate owed to the chain is screened: the budget does not depend on when the mentor answers)."""
+        limit = float(self.mailbox.get("wait_s") or 3600.0)
+        began, screened = time.monotonic(), 0
+        waited = 0.0
+        while True:
+            messages, closed = self._read()
+            if messages and self._last is not None:
+                self._screen_messages(step, messages)
+                screened += len(messages)
+                continue
+            if closed:
+                break
+            if time.monotonic() - began > limit:
+                logger.warning("trial %s: no word from the searcher's mailbox for %.0fs; ending without the "
+                               "candidates still owed", self.trial_id, limit)
+                break
+            t = time.perf_counter()
+            time.sleep(0.1)
+            waited += time.perf_counter() - t
+        self.timing["wait_s"] = round(waited, 4)
+        if (waited > 0 or screened) and self._last_metrics is not None:  # the last result again, timed to now
+            metrics = {**self._last_metrics, **self.timing, "evaluations": self.evaluations,
+                       "mailbox_cursor": self.cursor, "elapsed_s": round(time.time() - self.started, 4)}
+            self._send(metrics, checkpoint=self._checkpoint(step))
+
     def _metrics(self, val_acc: float, val_loss: float, text: str, step: int) -> dict:
-        return {"val_acc": val_acc, "loss": val_loss, "prompt_text": text, "step": step,
-                "generation": self.config.get("generation", 0), "origin": self.config.get("origin", "seed"),
-                "evaluations": self.evaluations, "torch_threads": torch.get_num_threads(), **self.timing,
-                "elapsed_s": round(time.time() - self.started, 4)}
+        out = {"val_acc": val_acc, "loss": val_loss, "prompt_text": text, "step": step,
+               "generation": self.config.get("generation", 0), "origin": self.config.get("origin", "seed"),
+               "evaluations": self.evaluations, "torch_threads": torch.get_num_threads(), **self.timing,
+               "elapsed_s": round(time.time() - self.started, 4)}
+        if self.mailbox:
+            out["mailbox_cursor"] = self.cursor
+        return out
+
+    def _checkpoint(self, step: int) -> dict | None:
+        if not self.in_tune:
+            return None
+        return {"prompt": self.prompt.detach().cpu(), "extra": self.model.extra_state(), "step": step,
+                "best": self.best, "rng": self.rng.getstate(), "optimizer": self.optimizer.state_dict(),
+                "evaluations": self.evaluations, "lowest_loss": self.lowest_loss, "mailbox_cursor": self.cursor,
+                "trial_id": self.trial_id}
 
     def evaluate_and_report(self, step: int, train_loss: float, scored: tuple[float, float] | None = None,
-                            project: bool = False, **extra: Any) -> None:
-        """Score the prompt (or take ``scored``, the start's known score), keep its vectors where they are the
-        best or lowest-loss so far, and report (with a restart checkpoint inside Tune)."""
-        flags = self.start_right if scored is not None else None
+                            project: bool = False, right: list | None = None, **extra: Any) -> None:
+        """Score the prompt (or take ``scored``, the start's known score, with ``right``, its per-example results
+        where they are not the start's), keep its vectors where they are the best or lowest-loss so far, and report
+        (with a restart checkpoint inside Tune)."""
+        flags = (right if right is not None else self.start_right) if scored is not None else None
         if scored is None:
             scored = self.evaluate(self.prompt)
             flags = self.right["last"]
         val_loss, val_acc = scored
+        self._last = (val_loss, val_acc, flags)
         text = self.model.project(self.prompt.detach())
         metrics = {**self._metrics(val_acc, val_loss, text, step), "train_loss": train_loss,
                    **self._keep(step, text, val_acc, val_loss, flags, exploit=extra.get("start") == "exploit"),
@@ -506,11 +663,8 @@ class Phase:
             p_loss, p_acc = self.evaluate(self.model.init_vectors(shown).detach().float().to(self.model.device))
             self._send({**self._metrics(p_acc, p_loss, shown, step), "screen": True, "projection": True})
             metrics["evaluations"] = self.evaluations
-        self._send(metrics, checkpoint={"prompt": self.prompt.detach().cpu(), "extra": self.model.extra_state(),
-                                        "step": step, "best": self.best, "rng": self.rng.getstate(),
-                                        "optimizer": self.optimizer.state_dict(), "evaluations": self.evaluations,
-                                        "lowest_loss": self.lowest_loss, "trial_id": self.trial_id}
-                   if self.in_tune else None)
+        self._last_metrics = metrics
+        self._send(metrics, checkpoint=self._checkpoint(step))
 
     def _send(self, metrics: dict, checkpoint: dict | None = None) -> None:
         """Report ``metrics``, with ``checkpoint`` saved as the trial's restart checkpoint where given; the
@@ -616,7 +770,6 @@ def _screen_start(config: dict, cfg: dict, model, prompt: torch.Tensor, known: t
              "text": config.get("prompt_init") or ""}
     if not candidates:
         return prompt, start, []
-    need = cfg["screen_margin"] / max(1, n_val)
     resumed = bool(config.get("resume_from"))
     scored = []
     for text in candidates:
@@ -626,23 +779,33 @@ def _screen_start(config: dict, cfg: dict, model, prompt: torch.Tensor, known: t
             vectors = (1.0 - alpha) * prompt + alpha * vectors
         score = evaluate(vectors)
         scored.append((text, vectors, score, right["last"]))
-    order = sorted(range(len(scored)), key=lambda i: (-scored[i][2][1], scored[i][2][0], i))
-    if paired:
-        z = statistics.NormalDist().inv_cdf(1.0 - PAIRED_ALPHA / len(scored))
-        winners = [i for i in order if scored[i][2][1] > own[1] + need + 1e-9
-                   and _sign_test(scored[i][3], own_right, z)]
-        best_i = winners[0] if winners else None
-    else:
-        best_i = order[0]
-        loss, acc = scored[best_i][2]
-        wins = acc > own[1] + need + 1e-9 if need > 0 else acc > own[1] or (acc == own[1] and loss < own[0])
-        best_i = best_i if wins else None
+    best_i = _choose(scored, own, own_right, cfg, n_val)
     if best_i is not None:
         text, vectors, score, flags = scored[best_i]
         losers = [(t, s) for i, (t, _, s, _) in enumerate(scored) if i != best_i]
         return vectors, {"scored": score, "right": flags, "reused": False, "label": f"candidate {best_i}",
                          "text": text}, losers
     return prompt, start, [(t, s) for t, _, s, _ in scored]
+
+
+def _choose(scored: list[tuple], own: tuple[float, float], own_right: list | None, cfg: dict, n_val: int) -> int | None:
+    """Which of ``scored`` (``(text, vectors, (loss, acc), per-example results)``) takes the place of a start or a
+    chain scored ``own`` (``(loss, acc)``, ``own_right``), or ``None``: the screening test of ``_screen_start``."""
+    if not scored:
+        return None
+    need = cfg["screen_margin"] / max(1, n_val)
+    order = sorted(range(len(scored)), key=lambda i: (-scored[i][2][1], scored[i][2][0], i))
+    if cfg["screen_test"] == "paired":
+        if own_right is None or any(s[3] is None for s in scored):
+            raise ValueError("screen_test='paired' needs per-example results (a model with evaluate_each)")
+        z = statistics.NormalDist().inv_cdf(1.0 - PAIRED_ALPHA / len(scored))
+        winners = [i for i in order if scored[i][2][1] > own[1] + need + 1e-9
+                   and _sign_test(scored[i][3], own_right, z)]
+        return winners[0] if winners else None
+    best_i = order[0]
+    loss, acc = scored[best_i][2]
+    wins = acc > own[1] + need + 1e-9 if need > 0 else acc > own[1] or (acc == own[1] and loss < own[0])
+    return best_i if wins else None
 
 
 def _sign_test(candidate: list[bool], start: list[bool], z: float) -> bool:
