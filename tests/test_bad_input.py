@@ -65,6 +65,9 @@ SEARCH_ROWS = [
     ("unknown meta_prompt_style", {"meta_prompt_style": "json"},
      "meta_prompt_style must be 'chat' or 'completion', got 'json'"),
     ("overlap not a bool", {"overlap": "yes"}, "overlap must be True or False, got 'yes'"),
+    ("overlap with a schedule entry that starts new chains",
+     {"overlap": True, "population": 2, "elites": 2, "schedule": [{}, {"population": 3, "elites": 1}]},
+     "overlap=True needs elites == population in every generation, and schedule[1] has population 3 and elites 1"),
     ("overlap with new starts", {"overlap": True},
      "overlap=True needs elites == population (every phase continues a chain; a new start waits for its round's "
      "text anyway), got elites=1, population=4"),
