@@ -92,8 +92,8 @@ class LlamaServer:
                 "--n_threads", str(self.threads), "--n_threads_batch", str(self.threads), *self.extra_args]
 
     def start(self) -> LlamaServer:
-        """Start the process and wait until it serves and answers a one-token completion; raises
-        ``LLMError("server", ...)`` with its log's tail. A server that dies of SIGILL at that completion is
+        """Start the process and wait until it serves and answers a first completion (``_first_completion``);
+        raises ``LLMError("server", ...)`` with its log's tail. A server that dies of SIGILL at that completion is
         started again with weight repacking off, with a WARNING (see the module's doc)."""
         if self.proc is not None and self.proc.poll() is None:
             return self
