@@ -26,6 +26,7 @@ The arms, on the same data splits (fixed by the run seed), ``G`` generations of 
 | ``authors`` / ``authors-perturb`` | the MaaO authors' regime and its no-LLM twin, one chain, 3 short phases each followed by an LLM round whose candidates are screened against the chain, then one long descent (``authors_schedule``) | ``G*P*K`` | ``G*P*E`` | 3 / 0 |
 | ``authors-faithful`` | ``authors`` with the mentor shown texts scored as text (``mentor_scores="text"``): the phases before each round score their best vectors' projection, one candidate fewer is screened per round | ``G*P*K`` | ``G*P*E`` | 3 |
 | ``halving`` / ``halving-perturb`` | generation 0 scores the ``P`` seeds as text; one LLM (perturbed) round gives ``P`` new starts and ``S`` texts the best seed screens; ``P + 1`` chains descend ``K`` steps, the best 2 go on, then the best one takes the rest (the preset ``"halving"``) | ``G*P*K`` | ``G*P*E`` | 1 / 0 |
+| ``descent-shown`` / ``descent-shown-perturb`` | generation 0 scores the ``P`` seeds as text; the ``P`` seed chains descend ``K`` steps; one LLM round shown what descent did to each seed (perturbed: word edits of the best-descending seeds) gives ``P`` new starts that descend ``K`` steps; the best 2 of the ``2P`` lineages go on, then the best one takes the rest (the preset ``"descent-shown"``) | ``G*P*K`` | ``G*P*E`` | 1 / 0 |
 | ``authors-paired`` / ``authors-perturb-paired`` | ``LLMSearch``'s default design (``presets.DEFAULT``) and its twin: ``authors`` with candidates adopted only on the paired sign test (the preset ``"authors-paired"``) | ``G*P*K`` | ``G*P*E`` | 3 / 0 |
 | ``pbt`` | the peer a Ray user would pick: Tune's ``PopulationBasedTraining`` over ``P`` chains of ``G*K`` steps (the text trainable, started like ``gradient``'s generation 0); every ``K`` steps the bottom quantile takes a top chain's vectors from its Tune checkpoint and explores the learning rate (``pbt_scheduler``); needs ``--backend tune`` | ``G*P*K`` | at most ``G*P*E``: ``P*(1 + G*K/eval_every)`` plus one per exploit | 0 |
 
@@ -90,7 +91,7 @@ from trainables.benchmarks import BENCHMARKS  # noqa: E402
 ARMS = ("gradient", "llm", "llm+gradient", "perturb+gradient", "screened", "screened-perturb", "screened-paired",
         "screened-perturb-paired", "late-mix", "late-mix-perturb", "late-text", "authors", "authors-perturb",
         "authors-faithful", "authors-paired", "authors-perturb-paired", "text-first", "text-first-perturb", "halving",
-        "halving-perturb", "pbt")
+        "halving-perturb", "descent-shown", "descent-shown-perturb", "pbt")
 ARM_LABELS = {"gradient": "gradient only", "llm": "LLM only (OPRO-style)", "llm+gradient": "LLM + gradient (LLMSearch, restarts)",
               "screened": "chains + screened LLM starts", "screened-perturb": "chains + screened perturbed starts (no LLM)",
               "late-mix": "chains + late warm LLM restarts",
@@ -108,6 +109,8 @@ ARM_LABELS = {"gradient": "gradient only", "llm": "LLM only (OPRO-style)", "llm+
               "text-first-perturb": "3 rounds of perturbed texts on text, then one descent (no LLM)",
               "halving": "LLM starts as lineages, the best kept after descent (successive halving)",
               "halving-perturb": "perturbed starts as lineages, the best kept after descent (no LLM)",
+              "descent-shown": "seed chains descend, the LLM shown what descent did; its starts as lineages",
+              "descent-shown-perturb": "seed chains descend, perturbed starts as lineages (no LLM)",
               "pbt": "Tune's PopulationBasedTraining over P gradient chains (no LLM)"}
 # The budgets a comparison can hold fixed (--budget): the same total compute (gradient steps and forward
 # evaluations, however many trials run at once), or P workers with the same steps per worker (the wall-clock of a
@@ -131,7 +134,9 @@ SCREENED_ARMS = {"screened": ("llm", "early", None, "gain"), "screened-perturb":
                  "authors-perturb-paired": ("perturb", "authors", "text", "paired"),
                  "text-first": ("llm", "text-first", "text", "gain"),
                  "text-first-perturb": ("perturb", "text-first", "text", "gain"),
-                 "halving": ("llm", "halving", "text", "gain"), "halving-perturb": ("perturb", "halving", "text", "gain")}
+                 "halving": ("llm", "halving", "text", "gain"), "halving-perturb": ("perturb", "halving", "text", "gain"),
+                 "descent-shown": ("llm", "descent-shown", "text", "gain"),
+                 "descent-shown-perturb": ("perturb", "descent-shown", "text", "gain")}
 # The preset (ray_llm_search.presets) each screened arm runs; its table entry above says where candidates
 # come from and how a winner starts.
 ARM_PRESETS = {"screened": "chains-screened", "screened-perturb": "chains-screened", "screened-paired": "chains-paired",
@@ -139,7 +144,8 @@ ARM_PRESETS = {"screened": "chains-screened", "screened-perturb": "chains-screen
                "late-text": "late-mix", "authors": "authors", "authors-perturb": "authors",
                "authors-faithful": "authors-faithful", "authors-paired": "authors-paired",
                "authors-perturb-paired": "authors-paired", "text-first": "text-first",
-               "text-first-perturb": "text-first", "halving": "halving", "halving-perturb": "halving"}
+               "text-first-perturb": "text-first", "halving": "halving", "halving-perturb": "halving",
+               "descent-shown": "descent-shown", "descent-shown-perturb": "descent-shown"}
 # Arms whose mentor is shown texts with what they score as text (LLMSearch(mentor_scores="text")), each a
 # copy of the arm named beside it with the projections' evaluations taken from its screening.
 FAITHFUL_ARMS = {"authors-faithful": "authors"}
@@ -147,7 +153,8 @@ FAITHFUL_ARMS = {"authors-faithful": "authors"}
 CONTROLS = (("llm+gradient", "perturb+gradient"), ("screened", "screened-perturb"),
             ("screened-paired", "screened-perturb-paired"), ("late-mix", "late-mix-perturb"), ("authors", "authors-perturb"),
             ("authors-faithful", "authors-perturb"), ("authors-paired", "authors-perturb-paired"),
-            ("text-first", "text-first-perturb"), ("halving", "halving-perturb"))
+            ("text-first", "text-first-perturb"), ("halving", "halving-perturb"),
+            ("descent-shown", "descent-shown-perturb"))
 # Ablations: an arm minus the same arm with one thing changed (the mentor shown vector scores; candidates
 # adopted on any gain instead of a paired test; a warm restart instead of a restart from the text).
 ABLATIONS = tuple((a, b) for a, b in FAITHFUL_ARMS.items()) + (("authors-paired", "authors"), ("late-mix", "late-text"))
@@ -1075,7 +1082,8 @@ def write_plots(results: dict, out: str) -> list[str]:
               "screened-paired": "darkred", "screened-perturb-paired": "indigo", "late-text": "goldenrod",
               "authors-faithful": "teal", "authors-paired": "navy", "authors-perturb-paired": "salmon",
               "text-first": "darkgreen", "text-first-perturb": "lightgreen", "halving": "darkviolet",
-              "halving-perturb": "plum", "pbt": "black"}
+              "halving-perturb": "plum", "descent-shown": "darkorange", "descent-shown-perturb": "navajowhite",
+              "pbt": "black"}
     if set(ARMS) - set(colors):
         raise RuntimeError(f"compare.write_plots: no colour for {sorted(set(ARMS) - set(colors))}")
     for kind, dataset in sorted({(budget_kind(r), r["dataset"]) for r in results["runs"]}):

@@ -20,7 +20,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ray_llm_search.pool import Trajectory, normalize
+from ray_llm_search.pool import Evaluation, Trajectory, normalize
 
 STYLES = ("chat", "completion")
 
@@ -58,6 +58,17 @@ class Parsed:
 
     candidates: list[str] = field(default_factory=list)
     rejected: Counter = field(default_factory=Counter)
+
+
+@dataclass(frozen=True)
+class Descent:
+    """What gradient descent did to a start: ``start`` (its text and its score as text, step 0), ``end`` (the
+    last evaluation of the chain it started: the tuned vectors' scores, ``text`` their nearest words) and the
+    chain's ``steps`` of descent in all."""
+
+    start: Evaluation
+    end: Evaluation
+    steps: int
 
 
 @dataclass(frozen=True)
@@ -139,6 +150,28 @@ class Mentor:
                                 f"{self._score_names()}. They are ordered from worst to best.")
         lines += [f"\"{_clip(e.text)}\" {self._scores(e)}" for e in shown] + [""]
         return "\n".join(lines + self._chat_request(n))
+
+    def build_descent(self, descents: list[Descent], n: int, style: str = "chat") -> str:
+        """Meta-prompt asking for ``n`` prompts from what descent did to each start (``Descent``s, given best
+        first and shown worst first): the start text with its score as text, then the score its tuned vectors
+        reached after ``steps`` steps of gradient descent and their nearest words. ``"completion"`` lists the
+        start texts with the score their descent reached (a start is worth what it descends to)."""
+        self._check(n, style)
+        shown = [d for d in reversed(descents) if math.isfinite(d.end.metric)]
+        if style == "completion":
+            return self._completion([(d.end.metric, _clip(d.start.text)) for d in shown])
+        lines = self._chat_head(
+            "Each prompt below was evaluated as it is written, then used as the starting point of a gradient-descent "
+            "phase that tuned it as continuous vectors. For each: its "
+            f"{self._score_names()} as written; the scores its tuned vectors reached after the steps of descent "
+            "shown; and the words nearest to those tuned vectors, which show where descent moved it (the words "
+            "themselves may read as noise). What matters is the score after descent: a prompt is worth the "
+            "starting point it gives. They are ordered from worst to best after descent.")
+        for d in shown:
+            written = self._scores(d.start) if math.isfinite(d.start.metric) else "not scored"
+            lines.append(f"\"{_clip(d.start.text)}\" as written: {written}; after {d.steps} steps of descent: "
+                         f"{self._scores(d.end)}, nearest words \"{_clip(d.end.text)}\"")
+        return "\n".join(lines + [""] + self._chat_request(n))
 
     @staticmethod
     def _check(n, style: str) -> None:

@@ -17,6 +17,7 @@ at equal budget. ``examples/RESULTS.md`` has what each one measured.
 | ``"authors-faithful"`` | ``"authors"`` with the mentor shown text scores (``mentor_scores="text"``) | −0.5 vs ``"authors"`` (2 tasks) |
 | ``"text-first"`` | 3 LLM rounds on text before any gradient (the mentor shown texts with their scores as text; each candidate screened as text against the best text so far: text against text), then one chain descends every step from the best text; the final prompt by the lowest validation loss | pilot with Qwen2.5-Coder-1.5B (issue #26, 4 tasks, 2 seeds): −1.8 vs its no-LLM twin, +2.7 vs gradient only |
 | ``"halving"`` | the LLM's texts as lineages of their own, kept or dropped after they have descended: generation 0 scores the ``P`` seed prompts as text; one LLM round gives ``P`` new starts, and the best seed (its score reused) screens ``P`` more as text; those ``P + 1`` chains descend ``K`` steps; the best 2 descend on, then the best one takes the rest of the steps (successive halving); the final prompt by the lowest validation loss | issue #26, Qwen2.5-Coder-1.5B, 4 tasks, 5 seeds: −0.4 vs its no-LLM twin (every interval spans 0; the final chain came from the mentor in 17 of 20 runs), +4.6 vs gradient only (its twin +4.9) |
+| ``"descent-shown"`` | the mentor shown what descent did to each start (issue #26's design (b)): generation 0 scores the ``P`` seed prompts as text; the ``P`` seed chains descend ``K`` steps; one LLM round, shown each seed's score as text, the score its chain reached and the chain's nearest words, gives ``P`` new starts that descend ``K`` steps; the best 2 of all ``2P`` lineages descend on, then the best one takes the rest; the final prompt by the lowest validation loss | issue #26, Qwen2.5-Coder-1.5B: ``examples/RESULTS.md`` |
 | ``"restarts"`` | the first design: 1 elite continues, the LLM's texts restart the other ``P-1`` phases each generation | −2.8 (3 tasks, 3 seeds) |
 
 The authors' designs run one trial at a time (one chain): give that trial every CPU or GPU of the machine
@@ -34,7 +35,7 @@ from __future__ import annotations
 DEFAULT = "authors-paired"
 AUTHORS_ROUNDS = 3
 PRESETS = ("chains-paired", "chains-screened", "late-mix", "authors", "authors-faithful", "authors-paired", "text-first",
-           "halving", "restarts")
+           "halving", "descent-shown", "restarts")
 
 
 def budget(population: int, generations: int, steps: int, eval_every: int) -> dict:
@@ -144,6 +145,38 @@ def halving_schedule(population: int, generations: int, steps: int, eval_every: 
             {"steps": final, "eval_every": eval_every, "population": 1, "elites": 1}]
 
 
+def descent_schedule(population: int, generations: int, steps: int, eval_every: int) -> list[dict]:
+    """A pilot descent shown to the mentor, then its starts as lineages, at the budget of ``budget(...)``.
+
+    Generation 0 scores the ``P`` seed prompts as text (no step). Generation 1: the ``P`` seed chains descend
+    ``K`` steps, evaluated every ``E`` (their start scores reused). One LLM round is shown what descent did to
+    each seed (``mentor_scores="descent"``) and gives ``P`` new starts, which descend ``K`` steps in generation 2
+    (no elite: the seed chains wait, so that every lineage has descended ``K`` steps when they are compared).
+    Generation 3: the best 2 lineages of all ``2P`` descend ``K2`` steps (a quarter of what is left, a multiple of
+    ``E``); generation 4: the best one descends the rest. The last two generations are evaluated so as to
+    spend the evaluations left exactly (the intervals nearest ``E`` that do); raises ``ValueError`` where no
+    intervals do, or the numbers leave no step for the last chain."""
+    b = budget(population, generations, steps, eval_every)
+    rest = b["gradient_steps"] - 2 * population * steps
+    second = eval_every * (rest // (4 * eval_every))
+    final = rest - 2 * second
+    per_phase = steps // eval_every
+    left = b["evaluations"] - (population + population * per_phase + population * (per_phase + 1))
+    fits = [] if second <= 0 or final <= 0 else sorted(
+        (max(abs(e3 - eval_every), abs(ef - eval_every)), -ef, e3, ef)
+        for e3 in range(1, second + 1) if second % e3 == 0 for ef in range(1, final + 1)
+        if final % ef == 0 and 2 * (second // e3) + final // ef == left)
+    if not fits:
+        raise ValueError(f"the descent-shown design cannot spend this budget exactly ({b}): it needs "
+                         f"{2 * population} phases of --steps {steps}, then two generations whose evaluations "
+                         f"come to the {left} left; change --steps, --eval-every or --population")
+    _, _, e3, ef = fits[0]
+    return [{"steps": 0}, {"steps": steps, "eval_every": eval_every, "population": population, "elites": population},
+            {"steps": steps, "eval_every": eval_every, "population": population, "elites": 0},
+            {"steps": second, "eval_every": e3, "population": 2, "elites": 2},
+            {"steps": final, "eval_every": ef, "population": 1, "elites": 1}]
+
+
 def preset(name: str = DEFAULT, *, population: int = 4, generations: int = 3, steps: int, eval_every: int) -> dict:
     """``LLMSearch`` keyword arguments for the named design at the budget of ``population`` gradient chains run
     for ``generations`` phases of ``steps`` steps evaluated every ``eval_every`` (the trial config's values).
@@ -169,6 +202,10 @@ def preset(name: str = DEFAULT, *, population: int = 4, generations: int = 3, st
     if name == "halving":
         return {"population": population, "elites": 1, "seed_prompts": population, "reuse_start_score": True,
                 "schedule": halving_schedule(population, generations, steps, eval_every), "mentor_scores": "text",
+                "select": "loss"}
+    if name == "descent-shown":
+        return {"population": population, "elites": population, "seed_prompts": population, "reuse_start_score": True,
+                "schedule": descent_schedule(population, generations, steps, eval_every), "mentor_scores": "descent",
                 "select": "loss"}
     if name == "text-first":
         return {"population": 1, "elites": 1, "seed_prompts": 1, "reuse_start_score": True,

@@ -30,7 +30,7 @@ from ray_llm_search import contract, presets, space, tables
 from ray_llm_search.budget import LLMBudget
 from ray_llm_search.llm.base import LLM
 from ray_llm_search.mailbox import make_mailbox
-from ray_llm_search.mentor import Mentor
+from ray_llm_search.mentor import Descent, Mentor
 from ray_llm_search.pool import Evaluation, PromptPool, Trajectory, loss_key, normalize, perturb, vocabulary_of
 from ray_llm_search.records import GenerationLog
 from ray_llm_search.rounds import Journal, Round, RoundEngine, idle_wait_s
@@ -41,7 +41,7 @@ _STATE_VERSION = 1
 # The keys the searcher adds to each trial's config live with the rest of the contract.
 CONFIG_KEYS, OPTIONAL_CONFIG_KEYS = contract.CONFIG_KEYS, contract.OPTIONAL_CONFIG_KEYS
 PROPOSALS = ("llm", "perturb")
-MENTOR_SCORES = ("vectors", "text")
+MENTOR_SCORES = ("vectors", "text", "descent")
 SELECT = ("metric", "loss")
 
 
@@ -97,6 +97,9 @@ class LLMSearch(Searcher):
             texts evaluated as text (starts from text, screened candidates whether adopted or not, and each
             phase followed by an LLM round evaluates its best vectors' projection as text: one more evaluation
             per such phase, ``project_best`` in ``trainables.phase``), each with its own score, best last.
+            ``"descent"``: what descent did to each start (``descents()``): the start text with its score as text,
+            the score its chain reached and after how many steps, and the chain's nearest words; before any chain
+            has descended, as ``"text"``.
         select: how ``best()`` (and ``best.json``) chooses the final prompt among every phase's evaluations.
             ``"metric"`` (default): the best value of the searcher's metric, ties by lower loss. ``"loss"``: the
             lowest validation loss; each phase also keeps its lowest-loss vectors (``keep_lowest_loss`` in
@@ -675,7 +678,10 @@ class LLMSearch(Searcher):
 
     def _start_round(self, generation: int, new_starts: int, slots: int, lineages: list[str] | None = None) -> None:
         n = self.candidates_per_round or new_starts + 2 * slots  # ask for more than the screening needs
-        if self.mentor_scores == "text":
+        descents = self.descents()[: max(self.top_k, 12)] if self.mentor_scores == "descent" else []
+        if descents:
+            meta_prompt = self.mentor.build_descent(descents, n, self.meta_prompt_style)
+        elif self.mentor_scores in ("text", "descent"):
             meta_prompt = self.mentor.build_scored(self.text_scores()[: max(self.top_k, 12)], n, self.meta_prompt_style)
         else:
             meta_prompt = self.mentor.build(self._pool.ranked()[: self.top_k], n, self.meta_prompt_style)
@@ -749,6 +755,31 @@ class LLMSearch(Searcher):
             if key and key not in unique and math.isfinite(e.metric):
                 unique[key] = e
         return sorted(unique.values(), key=lambda e: (sign * e.metric, loss_key(e.loss)))
+
+    def descents(self) -> list[Descent]:
+        """What descent did to each start from text, best first by the score its chain reached (ties: lower loss):
+        per lineage whose first phase started from text, that text with its step-0 score, the chain's last
+        finite evaluation and its steps in all (``mentor_scores="descent"``). Chains that have not stepped yet are
+        left out."""
+        lineages: dict[str, list[Trajectory]] = {}
+        for trajectory in self._pool.trajectories.values():
+            lineages.setdefault(trajectory.lineage, []).append(trajectory)
+        found = []
+        for phases in lineages.values():
+            phases.sort(key=lambda t: t.generation)
+            first = phases[0]
+            if first.resume_from or not first.evaluations or first.evaluations[0].step != 0:
+                continue
+            scored = [(t, [e for e in t.evaluations if math.isfinite(e.metric)]) for t in phases]
+            steps = sum(max(e.step for e in t.evaluations) for t in phases if t.evaluations)
+            ends = [evals[-1] for _, evals in scored if evals]
+            if steps <= 0 or not ends:
+                continue
+            start = first.evaluations[0]
+            found.append(Descent(Evaluation(0, first.adopted or first.prompt_init, start.loss, start.metric),
+                                 ends[-1], steps))
+        sign = -1.0 if self._mode != "min" else 1.0
+        return sorted(found, key=lambda d: (sign * d.end.metric, loss_key(d.end.loss)))
 
     def _restart_round(self, generation: int) -> None:
         rnd = self._rounds[generation]
@@ -1050,7 +1081,7 @@ class LLMSearch(Searcher):
         seeds = [Trajectory(f"seed{i}", 0, "seed", text, evaluations=[Evaluation(0, text, 0.0, 0.0)])
                  for i, text in enumerate(self.seed_prompts)]
         style = self.meta_prompt_style
-        faithful = self.mentor_scores == "text"
+        faithful = self.mentor_scores in ("text", "descent")  # "descent" shows text scores before any descent
         shown = max(self.top_k, 12)  # texts a text-scored meta-prompt lists (_start_round)
         if faithful:
             example = self.mentor.build_scored([t.evaluations[0] for t in seeds][:shown], rounds[0] if rounds else 1,
@@ -1068,6 +1099,12 @@ class LLMSearch(Searcher):
         calls_per_ask = 1 + int(getattr(self.llm, "retries", 0) or 0)
         asks = len(rounds) * (1 + self.llm_reasks)
         def meta(n: int) -> str:
+            if self.mentor_scores == "descent":  # the longer of the two meta-prompts it may send
+                return max(self.mentor.build_scored([Evaluation(0, long(i, 0), -1e9, -1e9) for i in range(shown)], n,
+                                                    style),
+                           self.mentor.build_descent([Descent(Evaluation(0, long(i, 0), -1e9, -1e9),
+                                                              Evaluation(10**9, long(i, 1), -1e9, -1e9), 10**9)
+                                                      for i in range(shown)], n, style), key=len)
             if faithful:
                 return self.mentor.build_scored([Evaluation(0, long(i, 0), -1e9, -1e9) for i in range(shown)], n, style)
             return self.mentor.build(widest, n, style)

@@ -242,7 +242,7 @@ def test_sentence_pairs_with_a_linear_head(tmp_path, one_torch_thread):
 # the one-chain designs (the authors' regime, text-first) have tests of their own; their budgets are also checked
 # by every run (compare.check_budget) and by test_screening's test of every preset
 # (PBT has its own tiny run: tests/test_pbt.py)
-TINY_ARMS = [a for a in compare.ARMS if not a.startswith(("authors", "text-first", "halving")) and a != "pbt"]
+TINY_ARMS = [a for a in compare.ARMS if not a.startswith(("authors", "text-first", "halving", "descent")) and a != "pbt"]
 
 
 def test_authors_schedule_spends_the_gradient_arms_budget_or_says_why_not():
@@ -258,6 +258,26 @@ def test_authors_schedule_spends_the_gradient_arms_budget_or_says_why_not():
     with pytest.raises(ValueError, match="authors' arm needs"):
         compare.authors_schedule(compare.parse_args(["--generations", "2", "--population", "2", "--steps", "2",
                                                      "--eval-every", "2"]))
+
+
+@pytest.mark.slow
+def test_descent_shown_and_its_twin_spend_the_budget_with_the_real_trainable(tmp_path):
+    """Design (b) of issue #26 through the comparison: 2 seeds as text, 2 seed chains, 2 new starts, the best 2
+    lineages, the best one; the budget checked from the trials (``check_budget`` raises otherwise); one LLM call,
+    none for the twin."""
+    argv = ["--datasets", "sst2", "--seeds", "3", "--generations", "3", "--population", "2", "--steps", "4",
+            "--eval-every", "2", "--shots", "2", "--val-shots", "2", "--test-size", "10", "--max-length", "32",
+            "--backend", "inline", "--out", str(tmp_path / "out"), "--storage", str(tmp_path / "storage"),
+            "--data-root", str(SHARED_DATA), "--no-seed-prompt", "--arms", "descent-shown", "descent-shown-perturb"]
+    result = compare.main(argv, llm_factory=lambda args, seed: ScriptedLLM())
+    runs = {r["arm"]: r for r in result["results"]["runs"]}
+    for arm in ("descent-shown", "descent-shown-perturb"):
+        run = runs[arm]
+        assert (run["trials"], run["gradient_steps"], run["n_evaluations"]) == (9, 24, 18)
+        assert [len({e["trial_id"] for e in run["evaluations"] if e["generation"] == g}) for g in range(5)] == [
+            2, 2, 2, 2, 1]
+        assert run["select"] == "loss" and run["llm"] == ("ScriptedLLM" if arm == "descent-shown" else None)
+    assert runs["descent-shown"]["llm_calls"] == 1 and runs["descent-shown-perturb"]["llm_calls"] == 0
 
 
 @pytest.mark.slow

@@ -462,3 +462,27 @@ def test_parse_drops_a_length_noted_after_a_prompt():
                    "3. the article covers [6 tokens].", "4. section (2) of the news"], 4).candidates
     assert got == ["how to answer this question?", "what's the type of answer needed?", "the article covers",
                    "section (2) of the news"]
+
+
+def test_build_descent_shows_each_start_as_written_and_where_its_chain_ended():
+    """The mentor shown what descent did (``mentor_scores="descent"``): each start's text score, the score its
+    chain reached after its steps and the chain's nearest words, ordered worst to best *after descent* (not as
+    written); the completion style lists the start texts with the score they descended to."""
+    from ray_llm_search.mentor import Descent
+
+    # best first by the score after descent: "great start" scores worst as text and best after descent
+    descents = [Descent(Evaluation(0, "great start", 0.9, 0.40), Evaluation(8, "tuned ## words", 0.3, 0.85), 8),
+                Descent(Evaluation(0, "plain start", 0.7, 0.60), Evaluation(8, "other tuned", 0.5, 0.70), 8),
+                Descent(Evaluation(0, "nan end", 0.7, 0.60), Evaluation(8, "x", math.nan, math.nan), 8)]
+    meta = Mentor(TASK, "val_acc", "max").build_descent(descents, 3)
+    assert "nan end" not in meta
+    lines = [line for line in meta.splitlines() if "as written" in line and line.startswith('"')]
+    assert [line.split('"')[1] for line in lines] == ["plain start", "great start"]
+    assert lines[1] == ('"great start" as written: loss 0.900, val_acc 0.400; after 8 steps of descent: '
+                        'loss 0.300, val_acc 0.850, nearest words "tuned ## words"')
+    assert "Write 3 new prompts" in meta and "worst to best after descent" in meta
+    completion = Mentor(TASK, "val_acc", "max").build_descent(descents, 3, style="completion")
+    assert completion.index("plain start") < completion.index("great start") and "0.85" in completion
+    assert completion.rstrip().endswith("prompt:")
+    with pytest.raises(ValueError, match="style must be one of"):
+        Mentor(TASK, "val_acc", "max").build_descent(descents, 3, style="json")

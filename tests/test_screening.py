@@ -442,13 +442,19 @@ class ToyEach(Toy):
 
 
 @pytest.mark.parametrize("name", ["chains-paired", "chains-screened", "late-mix", "authors", "authors-faithful", "authors-paired",
-                                  "text-first", "halving", "restarts"])
+                                  "text-first", "halving", "descent-shown", "restarts"])
 def test_every_preset_spends_the_budget_of_gradient_chains(tmp_path, name):
     from ray_llm_search import presets
 
     base = {"steps": 2, "eval_every": 1}
     want = presets.budget(population=2, generations=3, steps=2, eval_every=1)
     llm = Scripted(["junk", "xq zz", "qq qq", "zz xq", "qq xq", "xx yy", "yy zz"])
+    if name == "descent-shown":  # its last two generations cannot evaluate the 6 times left at this budget (it
+        # spends the comparison's exactly: test_descent_shown_shows_the_mentor_the_seed_chains_then_...)
+        with pytest.raises(ValueError, match="cannot spend this budget exactly"):
+            LLMSearch.from_preset(llm, "toy task", ["bad start", "junk words"], name, steps=2, eval_every=1,
+                                  population=2, generations=3, metric="val_acc", mode="max", log_dir=str(tmp_path))
+        return
     search = LLMSearch.from_preset(llm, "toy task", ["bad start", "junk words"], name, steps=2, eval_every=1,
                                    population=2, generations=3, metric="val_acc", mode="max",
                                    log_dir=str(tmp_path))
@@ -539,6 +545,55 @@ def test_halving_descends_the_llm_starts_then_keeps_the_best_lineages(tmp_path):
     assert {lineage[r["trial_id"]] for r in g2} == {lineage[t] for t in ranked[:2]}
     g3 = {lineage[r["trial_id"]] for r in rows if r["config"]["generation"] == 3}
     assert len(g3) == 1 and g3 <= {lineage[r["trial_id"]] for r in g2}
+
+
+def test_descent_shown_shows_the_mentor_the_seed_chains_then_descends_its_starts_as_far(tmp_path):
+    """Design (b) of issue #26: the seed chains descend K steps; one round is shown each seed's score as text, the
+    score its chain reached after K steps and the chain's nearest words; its P starts descend K steps (no chain
+    goes on meanwhile); the best 2 of all 2P lineages go on from their own vectors, then the best one. At the
+    comparison's budget (4 chains, 3 generations of 8 steps, evaluated every 4) it spends exactly 96 steps and 36
+    evaluations."""
+    from ray_llm_search import presets
+
+    llm = Scripted(["junk", "xq zz", "qq qq", "zz xq", "qq xq", "xx yy", "yy zz", "zz zz"])
+    seeds = ["bad start", "junk words", "xx yy qq", "zz qq"]
+    search = LLMSearch.from_preset(llm, "toy task", seeds, "descent-shown", steps=8, eval_every=4, population=4,
+                                   generations=3, metric="val_acc", mode="max", log_dir=str(tmp_path))
+    assert search.mentor_scores == "descent"
+    rows = drive(search, base={"steps": 8, "eval_every": 4}, model=ToyEach)
+    trials = {g: sorted({r["trial_id"] for r in rows if r["config"]["generation"] == g}) for g in range(5)}
+    assert [len(trials[g]) for g in range(5)] == [4, 4, 4, 2, 1] and search.total_trials == 15
+    steps = sum(max(r["step"] for r in rows if r["trial_id"] == t) for g in trials.values() for t in g)
+    evaluations = sum(max(r["evaluations"] for r in rows if r["trial_id"] == t) for g in trials.values() for t in g)
+    assert (steps, evaluations) == (96, 36) == tuple(presets.budget(4, 3, 8, 4)[k] for k in ("gradient_steps",
+                                                                                               "evaluations"))
+    # one round, after the seed chains descended: each seed as written and where its chain ended after 8 steps
+    assert len(llm.prompts) == 1
+    shown = [line for line in llm.prompts[0].splitlines() if line.startswith('"')]
+    assert len(shown) == 4 and all("after 8 steps of descent" in line for line in shown)
+    assert {line.split('"')[1] for line in shown} == set(seeds)
+    lineage = {t.trial_id: t.lineage for t in search.trajectories}
+    assert all(r["config"]["origin"] == "elite" for r in rows if r["config"]["generation"] == 1)
+    g2 = [r for r in rows if r["config"]["generation"] == 2]
+    assert {r["config"]["origin"] for r in g2} == {"llm"} and not any(r["config"]["resume_from"] for r in g2)
+    assert max(r["step"] for r in g2) == 8
+    assert [(g.get("population"), g.get("elites"), g["steps"], g.get("eval_every")) for g in search.schedule] == [
+        (None, None, 0, None), (4, 4, 8, 4), (4, 0, 8, 4), (2, 2, 8, 2), (1, 1, 16, 4)]
+    # generation 3 goes on from the best 2 lineages of all 8 (each descended 8 steps), generation 4 the best one
+    def best(t):
+        return max((r["val_acc"], -r["loss"]) for r in rows if r["trial_id"] == t)
+
+    ranked = sorted(trials[1] + trials[2], key=best, reverse=True)
+    g3 = {lineage[t] for t in trials[3]}
+    assert g3 == {lineage[t] for t in ranked[:2]}
+    assert {lineage[t] for t in trials[4]} <= g3
+    # the no-LLM twin: the same allocation, word edits of the best-descending seeds, no round asked
+    twin = LLMSearch.from_preset(Scripted([]), "toy task", seeds, "descent-shown", steps=8, eval_every=4,
+                                 population=4, generations=3, metric="val_acc", mode="max",
+                                 log_dir=str(tmp_path / "twin"), proposals="perturb")
+    twin_rows = drive(twin, base={"steps": 8, "eval_every": 4}, model=ToyEach)
+    assert twin.llm.prompts == [] and len({r["trial_id"] for r in twin_rows}) == 15
+    assert {r["config"]["origin"] for r in twin_rows if r["config"]["generation"] == 2} == {"llm"}
 
 
 def test_schedule_population_and_elites_narrow_a_generation(tmp_path):
