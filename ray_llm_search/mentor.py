@@ -41,6 +41,9 @@ _SCORE_SUFFIX = re.compile(r"(?:\s*[,;]?\s*[\(\[]?\s*(?:score|accuracy|acc|loss|
                            r"\s*[,;.]?\s*$", re.IGNORECASE)
 # A length a model notes after a prompt when told how long prompts may be: '... question?" (8 tokens)'.
 _COUNT_SUFFIX = re.compile(r"\s*[\(\[]\s*~?\d+\s*(?:tokens?|words?)\s*[\)\]]\s*[,;.]?\s*$", re.IGNORECASE)
+# The descent meta-prompt's line format copied after a prompt (``build_descent``): '"x" as written: loss 1.5, ...;
+# after 8 steps of descent: ..., nearest words "..."'. Only after a closing quote, so a prompt's own words stay.
+_DESCENT_SUFFIX = re.compile(r"(?<=[\"'”’»])\s*[,;:]?\s*as written\s*:.*$", re.IGNORECASE)
 # Lines that talk about prompts instead of being one.
 _CHATTER = re.compile(
     r"^(?:here\s+(?:are|is)|sure|certainly|of course|okay|ok\b|i\s|i'm|as an ai|note\b|these\s|the following|"
@@ -298,6 +301,7 @@ class Mentor:
         if _MARKUP.search(text):
             return "chatter", ""
         text = _PREFIX.sub("", text).strip()
+        text = _DESCENT_SUFFIX.sub("", text).strip()
         text = _SCORE_SUFFIX.sub("", text).strip()
         text = _COUNT_SUFFIX.sub("", text).strip()
         text = _ITEM_COMMA.sub(r"\1", text)

@@ -486,3 +486,17 @@ def test_build_descent_shows_each_start_as_written_and_where_its_chain_ended():
     assert completion.rstrip().endswith("prompt:")
     with pytest.raises(ValueError, match="style must be one of"):
         Mentor(TASK, "val_acc", "max").build_descent(descents, 3, style="json")
+
+
+def test_parse_drops_the_descent_format_copied_after_a_prompt():
+    """Shown what descent did (``build_descent``), the 1.5B mentor copied the line format after its prompts (TREC,
+    seed 0): every prompt was then too long and the round gave nothing. The prompt inside the quotes is kept."""
+    m = Mentor(TASK, "val_acc", "max")
+    reply = ['1. "why does this question need" as written: loss 1.510, val_acc 0.426; after 8 steps of descent: '
+             'loss 1.339, val_acc 0.530, nearest words "why does this question need why"\n'
+             '2. "what is the question for" as written: loss 1.498, val_acc 0.417; after 8 steps of descent: '
+             'loss 1.319, val_acc 0.543, nearest words "what is the question for what"\n'
+             '3. the reviewer wrote this as written: a fine prompt']
+    parsed = m.parse(reply, 5)
+    assert parsed.candidates == ["why does this question need", "what is the question for",
+                                 "the reviewer wrote this as written: a fine prompt"]
