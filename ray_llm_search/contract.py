@@ -7,6 +7,28 @@
   ``val_acc``, besides these); ``PHASE_KEYS`` and ``TIMING_KEYS``: what ``trainables.phase.run_phase`` adds.
 - ``PromptModel``: what ``run_phase`` drives, for a trainable of your own.
 
+This module is where the contract is stated; ARCHITECTURE.md and docs/usage.md ("Your own trainable") link
+here. What each config key means:
+
+| key | meaning |
+|---|---|
+| ``prompt_init`` | text to start from (seed, LLM candidate, pool fill-in, or an elite's projection) |
+| ``resume_from`` | ``None``, or the vectors file of an elite to start from exactly (prompt and head): a local path, or a URI in the parent trial's folder of Tune's storage (``s3://...``) |
+| ``generation``, ``origin`` | round number; ``"seed"``, ``"llm"``, ``"elite"`` or ``"pool"`` |
+| ``phase_seed`` | seed of the phase's batches |
+| ``vector_dir`` | where the phase saves its best vectors (``<vector_dir>/<trial_id>.pt``; the searcher's ``<log_dir>/vectors``); inside Tune with ``storage_path`` on object storage a local ``vector_dir`` gives way to ``vectors/`` in the trial's folder there (``trainables.phase.vector_location``) |
+| ``steps``, ``eval_every`` | a generation's own phase length, from ``schedule`` |
+| ``prompt_candidates``, ``candidate_start``, ``mix_alpha``, ``screen_margin``, ``screen_test`` | screening (``trainables/phase.py``) |
+| ``reuse_start_score`` | an elite's saved score (and per-example results) stand for its start evaluation |
+| ``project_best`` | after its last step the phase scores its best vectors' projection as text (a ``screen`` row with ``projection: True``, before its final result) |
+| ``keep_lowest_loss`` | the phase also keeps its lowest-validation-loss vectors and reports them as ``loss_vectors_path`` (``select="loss"``) |
+| ``mailbox`` | ``overlap=True``: where the running phase reads its chain's screened candidates, from which one on, and whether it waits at its end for those still owed (``ray_llm_search.mailbox``) |
+
+Reported at each evaluation: the metric and ``loss`` on validation, never test; ``prompt_text`` (the
+nearest-token projection of the current vectors); ``step`` (gradient steps done in this phase); optionally
+``vectors_path`` (the saved best vectors; without it an elite restarts from its projected text) and
+``loss_vectors_path``.
+
 Example:
     >>> from ray_llm_search.contract import CONFIG_KEYS, REPORTED_KEYS
     >>> "prompt_init" in CONFIG_KEYS and "prompt_text" in REPORTED_KEYS

@@ -1,4 +1,4 @@
-"""Bad input: one test per row of the error table in ``notes/bad_input.md``.
+"""Bad input: one test per row of the bad-input table in ``docs/failures.md`` ("Bad input: what each mistake raises").
 
 Each row goes through a public entry point (``LLMSearch(...)``, ``OpenAIChat(...)``, ``LocalLLM(...)``,
 ``train_text_prompt(config)`` outside Tune, ``tune.run``) and asserts the exception type and a fragment of
@@ -170,7 +170,7 @@ TRAINABLE_ROWS = [
      "max_length (10) must exceed prompt_length + 2 (10)"),
     ("unknown model (a missing folder)", lambda r: {"model": str(r / "no-such-model")}, "cannot load model"),
     ("missing GGUF model file", lambda r: {"model": str(r / "missing.gguf")}, "GGUF file not found"),
-    # phase: raised by run_phase (after the model is loaded, see notes/bad_input.md)
+    # phase: raised by run_phase (after the model is loaded, see docs/failures.md)
     ("steps < 0", lambda r: {"steps": -1}, "need steps >= 0, eval_every >= 1, batch_size >= 1; got -1, 1, 2"),
     ("eval_every 0", lambda r: {"eval_every": 0}, "got 1, 0, 2"),
     ("batch_size 0", lambda r: {"batch_size": 0}, "got 1, 1, 0"),

@@ -242,8 +242,8 @@ def test_submitted_search_runs_trials_on_both_nodes(cluster, tmp_path, venv_in_c
     # Nothing the search wrote (Tune's results, LLMSearch's summaries, vectors, TensorBoard) holds the key.
     assert _files_containing(str(storage), SENTINEL) == []
     # Ray 2.60's runtime env agent logs each runtime env it creates, env_vars included, on every node that
-    # starts a worker for the job (notes/cluster.md says so); nothing else of Ray's (driver, worker, GCS and
-    # dashboard logs) may hold the key.
+    # starts a worker for the job (docs/cluster.md, "API keys on a cluster", says so); nothing else of Ray's
+    # (driver, worker, GCS and dashboard logs) may hold the key.
     ray_hits = _files_containing(cluster["temp_dir"], SENTINEL)
     assert all(os.path.basename(h) == "runtime_env_agent.log" for h in ray_hits), ray_hits
     print(f"files under Ray's own temp dirs that hold the key: {ray_hits}")

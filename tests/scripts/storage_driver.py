@@ -30,7 +30,7 @@ def main() -> None:
 
     import ray
     import storage_phase
-    import torch  # noqa: F401  (before Ray connects: see the README's Ray 2.60 notes)
+    import torch  # noqa: F401  (before Ray connects: see docs/cluster.md, "Ray 2.60 notes")
     from ray import tune
 
     from ray_llm_search import LLMSearch
