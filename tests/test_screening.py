@@ -587,6 +587,16 @@ def test_descent_shown_shows_the_mentor_the_seed_chains_then_descends_its_starts
     g3 = {lineage[t] for t in trials[3]}
     assert g3 == {lineage[t] for t in ranked[:2]}
     assert {lineage[t] for t in trials[4]} <= g3
+    # examples/lineage_origin.py reads the same from the search's evaluations.csv
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "lineage_origin", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "lineage_origin.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    by_id = {t.trial_id: t for t in search.trajectories}
+    root = by_id[lineage[trials[4][0]]]
+    assert tool.final_origin(str(tmp_path / "evaluations.csv")) == (root.origin, root.prompt_init)
     # the no-LLM twin: the same allocation, word edits of the best-descending seeds, no round asked
     twin = LLMSearch.from_preset(Scripted([]), "toy task", seeds, "descent-shown", steps=8, eval_every=4,
                                  population=4, generations=3, metric="val_acc", mode="max",
