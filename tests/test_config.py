@@ -36,5 +36,8 @@ def test_a_state_saved_by_the_previous_version_restores_and_finishes_the_run_ide
     search.set_state(state)
     handed = v1.finish(search, expected["counter"])
     got = json.loads(json.dumps(v1.outcome(search, handed)))
+    # new in every record: the search's settings (the records restored from the old state have none)
+    configs = [record.pop("config", None) for record in got["records"]]
     assert got == {k: expected[k] for k in ("handed", "records", "best")}
+    assert configs[-1] == search.config.to_dict() and configs[-1]["preset"] == "custom"
     assert (tmp_path / "log" / "best.json").exists()
