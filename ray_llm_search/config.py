@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from typing import Any
 
@@ -252,6 +253,9 @@ class SearchConfig:
                          f"{f.metadata['help']}" for f in fields(cls))
 
 
+SETTINGS = tuple(f.name for f in fields(SearchConfig))
+
+
 def _check(name: str, value: Any, valid: bool, what: str) -> None:
     if not valid:
         raise ValueError(f"{name} must be {what}, got {value!r}")
@@ -297,3 +301,45 @@ def _check_schedule(schedule: list[dict] | None) -> list[dict] | None:
                              f"({entry['population']})")
         out.append(dict(entry))
     return out
+
+
+# The constructor's arguments after seed_prompts, in their old positional order (deprecated positionally).
+_POSITIONAL = ("metric", "mode", "population", "generations", "elites", "top_k", "candidates_per_round",
+               "max_prompt_words", "seed", "log_dir", "llm_timeout_s", "meta_prompt_style", "llm_reasks", "schedule",
+               "screen", "proposals", "candidate_start", "mix_alpha", "reuse_start_score", "screen_margin",
+               "screen_test", "llm_budget", "mentor_scores", "select", "prompt_tokens", "overlap")
+
+
+def legacy_positional(positional: tuple, keywords: dict) -> dict:
+    """The constructor's keywords, with arguments passed positionally after ``seed_prompts`` (deprecated: the
+    old signature) named, and a ``DeprecationWarning`` naming the keywords to use."""
+    if not positional:
+        return keywords
+    if len(positional) > len(_POSITIONAL):
+        raise TypeError(f"LLMSearch() takes at most {3 + len(_POSITIONAL)} positional arguments")
+    named = dict(zip(_POSITIONAL, positional, strict=False))
+    for name in named:
+        if keywords.get(name) is not None:
+            raise TypeError(f"LLMSearch() got multiple values for argument {name!r}")
+    warnings.warn("LLMSearch(llm, task_description, seed_prompts, ...) takes its other arguments by keyword: pass "
+                  + ", ".join(f"{name}=..." for name in named) + " (positionally they stop working in the next "
+                  "release)", DeprecationWarning, stacklevel=3)
+    return {**keywords, **named}
+
+
+def config_of_arguments(task_description: Any, seed_prompts: Any, config: SearchConfig | None, settings: dict) -> SearchConfig:
+    """The ``SearchConfig`` of the constructor's arguments: ``config``, or one made of the keyword settings."""
+    if isinstance(task_description, SearchConfig):
+        config, task_description = task_description if config is None else config, None
+    if config is None:
+        unknown = sorted(set(settings) - set(SETTINGS))
+        if unknown:
+            raise TypeError(f"LLMSearch() got an unexpected keyword argument {unknown[0]!r} (its settings are "
+                            "SearchConfig's fields: SearchConfig.help())")
+        return SearchConfig(task_description=task_description or "", seed_prompts=seed_prompts, **settings)
+    given = sorted(settings) + [n for n, v in (("task_description", task_description), ("seed_prompts", seed_prompts))
+                                if v is not None]
+    if not isinstance(config, SearchConfig) or given:
+        raise ValueError(f"pass the search's settings either as config=SearchConfig(...) or as arguments, not both: "
+                         f"got config={type(config).__name__} and {given}")
+    return config

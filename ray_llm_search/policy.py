@@ -19,7 +19,7 @@ import uuid
 from collections import Counter
 from typing import Any
 
-from ray_llm_search import contract, space
+from ray_llm_search import contract, space, tables
 from ray_llm_search import pool as pools
 from ray_llm_search.mailbox import make_mailbox
 from ray_llm_search.mentor import Descent
@@ -59,6 +59,50 @@ class GenerationPolicy:
         # own records in a log_dir that other searches may share.
         self._search_id = uuid.uuid4().hex[:16]
         self._replay_from: str | None = None  # set by set_state: the incarnation whose journaled answers it replays
+
+    def _policy_state(self) -> dict:
+        """The policy's part of the searcher's saved state (plain data)."""
+        return {
+            "generation": self._generation,
+            "sizes": dict(self._sizes),
+            "handed": dict(self._handed),
+            "queue": list(self._queue),
+            "pool": self._pool,
+            "rounds": self._rounds,
+            "records": self._records,
+            "held": list(self._held),
+            "suspicious": self._suspicious,
+            "screened": self._screened,
+            "posted": {k: list(v) for k, v in self._posted.items()},
+            "closed": list(self._closed),
+            "cursor": dict(self._cursor),
+            "waiting": list(self._waiting),
+            "rng": self._rng.getstate(),
+            "space_rng": self._space_rng.getstate(),
+        }
+
+    def _load_policy_state(self, state: dict) -> None:
+        """``_policy_state()``'s data taken back (keys added by later versions may be missing)."""
+        self._generation, self._pool, self._records = state["generation"], state["pool"], state["records"]
+        self._queue, self._held = list(state["queue"]), list(state.get("held", []))
+        self._sizes, self._handed = dict(state["sizes"]), Counter(state["handed"])
+        self._rounds = {g: self._round_from_state(r) for g, r in state["rounds"].items()}
+        self._suspicious, self._screened = state.get("suspicious", {}), state.get("screened", {})
+        self._posted = {k: list(v) for k, v in (state.get("posted") or {}).items()}
+        self._closed, self._cursor = list(state.get("closed") or []), dict(state.get("cursor") or {})
+        self._waiting = list(state.get("waiting") or [])
+        self._rng = random.Random()
+        self._rng.setstate(state["rng"])
+        if state.get("space_rng") is not None:
+            self._space_rng.setstate(state["space_rng"])
+
+    def _round_from_state(self, value: Round | dict) -> Round:
+        """A saved round; older versions saved dicts, some without the round's size or new starts."""
+        rnd = Round.from_state(value)
+        if isinstance(value, dict):
+            rnd.new_starts = int(value.get("new_starts", self.population - self.elites))
+            rnd.n = int(value.get("n") or self.candidates_per_round or max(1, self.population - self.elites))
+        return rnd
 
     def _seed_configs(self) -> list[dict]:
         size = max(self.population, len(self.seed_prompts))
@@ -481,6 +525,29 @@ class GenerationPolicy:
                 self._mailbox = None
         self._logger().finish(self.best())
         self._engine.close()
+
+    # -- results -------------------------------------------------------------------------------------------
+
+    def evaluation_rows(self) -> list[dict]:
+        """Every evaluation the trials reported, one dict each (also ``<log_dir>/evaluations.csv``): trial,
+        generation, origin, status, start text, lineage, adopted candidate, step, projected text, the metric
+        (under its own name), loss and the trial's sampled hyperparameters."""
+        return tables.evaluation_rows(self.trajectories, self._metric, self._search_id)
+
+    def dataframe(self, kind: str = "evaluations"):
+        """``evaluation_rows()`` (``kind="evaluations"``) or ``records`` (``"generations"``) as a pandas DataFrame."""
+        if kind not in ("evaluations", "generations"):
+            raise ValueError(f"kind must be 'evaluations' or 'generations', got {kind!r}")
+        return tables.dataframe(self.evaluation_rows() if kind == "evaluations" else self.records)
+
+    def round_spans(self) -> list[tuple[float, float]]:
+        """``(start, end)`` wall-clock times of every LLM round asked (``timeline.round_wait``)."""
+        return [(r.started, r.started + r.seconds) for r in self._rounds.values()
+                if r.started and isinstance(r.seconds, (int, float))]
+
+    @property
+    def llm_seconds(self) -> float:
+        return sum(r.seconds or 0.0 for r in self._rounds.values())
 
 
 def _close_round(rnd: Round, outcome: Any, candidates: list[str], fill: list[str], screened: list[str],

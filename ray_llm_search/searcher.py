@@ -19,21 +19,19 @@ import random
 import threading
 import time
 import uuid
-import warnings
-from collections import Counter
-from dataclasses import fields
 from datetime import datetime, timezone
 from typing import Any
 
 from ray.tune.search import Searcher
 
-from ray_llm_search import budget, contract, presets, space, tables
-from ray_llm_search.config import CUSTOM, CUSTOM_DEFAULTS, MENTOR_SCORES, PROPOSALS, SELECT, SHAPE, SearchConfig
+from ray_llm_search import budget, contract, presets, space
+from ray_llm_search import config as cfg
+from ray_llm_search.config import MENTOR_SCORES, PROPOSALS, SELECT, SearchConfig
 from ray_llm_search.llm.base import LLM
 from ray_llm_search.mentor import Mentor
 from ray_llm_search.policy import GenerationPolicy, _is_int, logger, mentor_threads
 from ray_llm_search.pool import Trajectory
-from ray_llm_search.rounds import Journal, Round, RoundEngine
+from ray_llm_search.rounds import Journal, RoundEngine
 
 __all__ = ["LLMSearch", "CONFIG_KEYS", "OPTIONAL_CONFIG_KEYS", "PROPOSALS", "MENTOR_SCORES", "SELECT",
            "mentor_threads"]
@@ -41,12 +39,6 @@ __all__ = ["LLMSearch", "CONFIG_KEYS", "OPTIONAL_CONFIG_KEYS", "PROPOSALS", "MEN
 _STATE_VERSION = 1
 # The keys the searcher adds to each trial's config live with the rest of the contract.
 CONFIG_KEYS, OPTIONAL_CONFIG_KEYS = contract.CONFIG_KEYS, contract.OPTIONAL_CONFIG_KEYS
-# The constructor's arguments after seed_prompts, in their old positional order (deprecated positionally).
-_POSITIONAL = ("metric", "mode", "population", "generations", "elites", "top_k", "candidates_per_round",
-               "max_prompt_words", "seed", "log_dir", "llm_timeout_s", "meta_prompt_style", "llm_reasks", "schedule",
-               "screen", "proposals", "candidate_start", "mix_alpha", "reuse_start_score", "screen_margin",
-               "screen_test", "llm_budget", "mentor_scores", "select", "prompt_tokens", "overlap")
-_SETTINGS = tuple(f.name for f in fields(SearchConfig))
 
 
 class LLMSearch(GenerationPolicy, Searcher):
@@ -75,7 +67,7 @@ class LLMSearch(GenerationPolicy, Searcher):
     def __init__(self, llm: LLM, task_description: str | SearchConfig | None = None,
                  seed_prompts: list[str] | None = None, *positional: Any, metric: str | None = None,
                  mode: str | None = None, config: SearchConfig | None = None, **settings: Any) -> None:
-        settings = _legacy_positional(positional, {"metric": metric, "mode": mode, **settings})
+        settings = cfg.legacy_positional(positional, {"metric": metric, "mode": mode, **settings})
         metric, mode = settings.pop("metric"), settings.pop("mode")
         if mode is not None and mode not in ("max", "min"):
             raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
@@ -83,7 +75,7 @@ class LLMSearch(GenerationPolicy, Searcher):
             raise ValueError(f"metric must be a non-empty string, got {metric!r}")
         if not hasattr(llm, "propose"):
             raise ValueError(f"llm must have propose(meta_prompt, n), e.g. LocalLLM() or OpenAIChat(...); got {llm!r}")
-        config = _make_config(task_description, seed_prompts, config, settings)
+        config = cfg.config_of_arguments(task_description, seed_prompts, config, settings)
         super().__init__(metric=metric, mode=mode)
         self.llm = llm
         stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d_%H-%M-%S")
@@ -102,10 +94,10 @@ class LLMSearch(GenerationPolicy, Searcher):
     def _apply(self, config: SearchConfig) -> None:
         """Take ``config``: its settings as attributes, and (once its design is known) a fresh state and engine."""
         self.config = config
-        self.preset: str | None = None if config.preset == CUSTOM else config.preset  # the named design, if any
+        self.preset: str | None = None if config.preset == cfg.CUSTOM else config.preset  # the named design, if any
         design = config.resolved() if config.resolvable else None
-        owned = set(SHAPE) | set(CUSTOM_DEFAULTS) | {"seed_prompts"}
-        for name in _SETTINGS:
+        owned = set(cfg.SHAPE) | set(cfg.CUSTOM_DEFAULTS) | {"seed_prompts"}
+        for name in cfg.SETTINGS:
             if name not in ("preset", "steps", "eval_every", "log_dir") and (design is not None or name not in owned):
                 setattr(self, name, getattr(design or config, name))
         style = config.meta_prompt_style or getattr(self.llm, "style", "chat")
@@ -172,22 +164,7 @@ class LLMSearch(GenerationPolicy, Searcher):
             "config": self.config.to_dict(),
             "metric": self._metric,
             "mode": self._mode,
-            "generation": self._generation,
-            "sizes": dict(self._sizes),
-            "handed": dict(self._handed),
-            "queue": list(self._queue),
-            "pool": self._pool,
-            "rounds": self._rounds,
-            "records": self._records,
-            "held": list(self._held),
-            "suspicious": self._suspicious,
-            "screened": self._screened,
-            "posted": {k: list(v) for k, v in self._posted.items()},
-            "closed": list(self._closed),
-            "cursor": dict(self._cursor),
-            "waiting": list(self._waiting),
-            "rng": self._rng.getstate(),
-            "space_rng": self._space_rng.getstate(),
+            **self._policy_state(),
             "log_dir": self.log_dir,
             "search_id": self._search_id,
             "incarnation": self._incarnation,
@@ -206,18 +183,7 @@ class LLMSearch(GenerationPolicy, Searcher):
             self._apply(SearchConfig.from_dict(state["config"]))
         self._require_design()
         self._metric, self._mode = state["metric"], state["mode"]
-        for key in ("generation", "queue", "pool", "records", "held", "waiting"):
-            setattr(self, "_" + key, state[key] if key in ("generation", "pool", "records") else list(
-                state.get(key) or []))
-        self._sizes, self._handed = dict(state["sizes"]), Counter(state["handed"])
-        self._rounds = {g: self._round_from_state(r) for g, r in state["rounds"].items()}
-        self._suspicious, self._screened = state.get("suspicious", {}), state.get("screened", {})
-        self._posted = {k: list(v) for k, v in (state.get("posted") or {}).items()}
-        self._closed, self._cursor = list(state.get("closed") or []), dict(state.get("cursor") or {})
-        self._rng = random.Random()
-        self._rng.setstate(state["rng"])
-        if state.get("space_rng") is not None:
-            self._space_rng.setstate(state["space_rng"])
+        self._load_policy_state(state)
         self.log_dir = state["log_dir"]
         self._search_id = state.get("search_id") or self._search_id
         # The engine consults the LLM journal of the object that saved the state before asking.
@@ -266,8 +232,8 @@ class LLMSearch(GenerationPolicy, Searcher):
             state.pop(stale, None)
         self.__dict__.update(state)
         if self.config is None:  # pickled before SearchConfig: its settings are its attributes
-            self.config = SearchConfig(**{name: getattr(self, name) for name in _SETTINGS if name not in (
-                "preset", "steps", "eval_every")}, preset=CUSTOM)
+            self.config = SearchConfig(**{name: getattr(self, name) for name in cfg.SETTINGS if name not in (
+                "preset", "steps", "eval_every")}, preset=cfg.CUSTOM)
         self._incarnation = uuid.uuid4().hex[:12]
         self._lock = threading.RLock()
         self._mailbox = None
@@ -279,14 +245,6 @@ class LLMSearch(GenerationPolicy, Searcher):
         journal = Journal(self.log_dir, self._search_id, self._incarnation, self._replay_from)
         return RoundEngine(self.llm, journal, self.llm_timeout_s, self.llm_reasks, self.llm_budget,
                            on_event=self._deliver if self.overlap else None)
-
-    def _round_from_state(self, value: Round | dict) -> Round:
-        """A saved round; older versions saved dicts, some without the round's size or new starts."""
-        rnd = Round.from_state(value)
-        if isinstance(value, dict):
-            rnd.new_starts = int(value.get("new_starts", self.population - self.elites))
-            rnd.n = int(value.get("n") or self.candidates_per_round or max(1, self.population - self.elites))
-        return rnd
 
     # -- Tune's interface ---------------------------------------------------------------------------------
 
@@ -432,59 +390,3 @@ class LLMSearch(GenerationPolicy, Searcher):
         """What this search would ask of its LLM, without asking (``budget.dry_run``)."""
         self._require_design()
         return budget.dry_run(self)
-
-    def evaluation_rows(self) -> list[dict]:
-        """Every evaluation the trials reported, one dict each (also ``<log_dir>/evaluations.csv``): trial,
-        generation, origin, status, start text, lineage, adopted candidate, step, projected text, the metric
-        (under its own name), loss and the trial's sampled hyperparameters."""
-        return tables.evaluation_rows(self.trajectories, self._metric, self._search_id)
-
-    def dataframe(self, kind: str = "evaluations"):
-        """``evaluation_rows()`` (``kind="evaluations"``) or ``records`` (``"generations"``) as a pandas DataFrame."""
-        if kind not in ("evaluations", "generations"):
-            raise ValueError(f"kind must be 'evaluations' or 'generations', got {kind!r}")
-        return tables.dataframe(self.evaluation_rows() if kind == "evaluations" else self.records)
-
-    def round_spans(self) -> list[tuple[float, float]]:
-        """``(start, end)`` wall-clock times of every LLM round asked (``timeline.round_wait``)."""
-        return [(r.started, r.started + r.seconds) for r in self._rounds.values()
-                if r.started and isinstance(r.seconds, (int, float))]
-
-    @property
-    def llm_seconds(self) -> float:
-        return sum(r.seconds or 0.0 for r in self._rounds.values())
-
-
-def _legacy_positional(positional: tuple, keywords: dict) -> dict:
-    """The constructor's keywords, with arguments passed positionally after ``seed_prompts`` (deprecated: the
-    old signature) named, and a ``DeprecationWarning`` naming the keywords to use."""
-    if not positional:
-        return keywords
-    if len(positional) > len(_POSITIONAL):
-        raise TypeError(f"LLMSearch() takes at most {3 + len(_POSITIONAL)} positional arguments")
-    named = dict(zip(_POSITIONAL, positional, strict=False))
-    for name in named:
-        if keywords.get(name) is not None:
-            raise TypeError(f"LLMSearch() got multiple values for argument {name!r}")
-    warnings.warn("LLMSearch(llm, task_description, seed_prompts, ...) takes its other arguments by keyword: pass "
-                  + ", ".join(f"{name}=..." for name in named) + " (positionally they stop working in the next "
-                  "release)", DeprecationWarning, stacklevel=3)
-    return {**keywords, **named}
-
-
-def _make_config(task_description: Any, seed_prompts: Any, config: SearchConfig | None, settings: dict) -> SearchConfig:
-    """The ``SearchConfig`` of the constructor's arguments: ``config``, or one made of the keyword settings."""
-    if isinstance(task_description, SearchConfig):
-        config, task_description = task_description if config is None else config, None
-    if config is None:
-        unknown = sorted(set(settings) - set(_SETTINGS))
-        if unknown:
-            raise TypeError(f"LLMSearch() got an unexpected keyword argument {unknown[0]!r} (its settings are "
-                            "SearchConfig's fields: SearchConfig.help())")
-        return SearchConfig(task_description=task_description or "", seed_prompts=seed_prompts, **settings)
-    given = sorted(settings) + [n for n, v in (("task_description", task_description), ("seed_prompts", seed_prompts))
-                                if v is not None]
-    if not isinstance(config, SearchConfig) or given:
-        raise ValueError(f"pass the search's settings either as config=SearchConfig(...) or as arguments, not both: "
-                         f"got config={type(config).__name__} and {given}")
-    return config
