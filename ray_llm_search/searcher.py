@@ -89,6 +89,7 @@ class LLMSearch(GenerationPolicy, Searcher):
         self._domains: list = []  # the Tune search-space domains of the base config (see ray_llm_search.space)
         self._engine: RoundEngine | None = None
         self._log = None
+        self._cpu_s, self._events = 0.0, 0  # the searcher's own CPU time and Tune events (_tick)
         self._apply(config)
 
     def _apply(self, config: SearchConfig) -> None:
