@@ -7,17 +7,20 @@ import dataclasses
 import json
 import os
 import pickle
+import shutil
 import sys
 
 import pytest
 
+from ray_llm_search import SearchConfig, presets
 from ray_llm_search.searcher import LLMSearch
 from ray_llm_search.testing import ScriptedLLM
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
 sys.path.insert(0, FIXTURES)
+sys.path.insert(0, os.path.dirname(FIXTURES))
 import make_state_v1 as v1  # noqa: E402
-
+from test_bad_input import SEARCH_ROWS  # noqa: E402
 
 # -- a saved state of the previous version ---------------------------------------------------------------------
 
@@ -44,12 +47,28 @@ def test_a_state_saved_by_the_previous_version_restores_and_finishes_the_run_ide
     assert (tmp_path / "log" / "best.json").exists()
 
 
+def test_a_searcher_pickled_by_the_previous_version_unpickles_and_finishes_the_run_identically():
+    """Tune pickles the whole searcher into the experiment's state (``tuner.pkl``): one of the previous version,
+    pickled mid-run, takes up its settings as a custom ``SearchConfig`` and ends its run as it would have."""
+    log_dir = "/tmp/rls-fixture-v1-searcher"  # the pickled searcher's own
+    shutil.rmtree(log_dir, ignore_errors=True)
+    with open(os.path.join(FIXTURES, "searcher_v1_screened.json"), encoding="utf-8") as f:
+        expected = json.load(f)
+    try:
+        with open(os.path.join(FIXTURES, "searcher_v1_screened.pkl"), "rb") as f:
+            search = pickle.load(f)
+        assert search.config == SearchConfig(task_description=v1.TASK, seed_prompts=v1.SEEDS, preset="custom",
+                                             log_dir=log_dir, meta_prompt_style="chat",
+                                             **v1.CASES["screened"]["kwargs"])
+        got = json.loads(json.dumps(v1.outcome(search, v1.finish(search, expected["counter"]))))
+        for record in got["records"]:
+            record.pop("config", None)
+        assert got == {k: expected[k] for k in ("handed", "records", "best")}
+    finally:
+        shutil.rmtree(log_dir, ignore_errors=True)
+
+
 # -- the old argument table, now SearchConfig's ----------------------------------------------------------------
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from test_bad_input import SEARCH_ROWS  # noqa: E402
-
-from ray_llm_search import SearchConfig, presets  # noqa: E402
 
 BASE = {"task_description": "Classify news.", "seed_prompts": ["the topic is"], "population": 4, "generations": 2,
         "elites": 1, "log_dir": "/tmp/rls-config-never-written"}
@@ -147,7 +166,7 @@ def test_the_constructor_and_from_preset_build_the_same_design(tmp_path):
     tuned = LLMSearch(ScriptedLLM(), TASK, SEEDS, metric="acc", mode="max", log_dir=str(tmp_path))
     assert tuned.config.preset == presets.DEFAULT and tuned.preset == presets.DEFAULT
     with pytest.raises(ValueError, match="computes its schedule from the trial config's steps and eval_every"):
-        tuned.total_trials
+        _ = tuned.total_trials
     tuned.set_search_properties(None, None, {"steps": 2, "eval_every": 1, "lr": 0.1})  # what Tune hands over
     assert made.config == given.config == tuned.config
     assert made.config.preset == presets.DEFAULT and made.preset == presets.DEFAULT
