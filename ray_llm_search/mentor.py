@@ -20,7 +20,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ray_llm_search.pool import Evaluation, Trajectory, normalize
+from ray_llm_search.pool import Descent, Evaluation, Trajectory, normalize  # noqa: F401  Descent: its old home
 
 STYLES = ("chat", "completion")
 
@@ -61,17 +61,6 @@ class Parsed:
 
     candidates: list[str] = field(default_factory=list)
     rejected: Counter = field(default_factory=Counter)
-
-
-@dataclass(frozen=True)
-class Descent:
-    """What gradient descent did to a start: ``start`` (its text and its score as text, step 0), ``end`` (the
-    last evaluation of the chain it started: the tuned vectors' scores, ``text`` their nearest words) and the
-    chain's ``steps`` of descent in all."""
-
-    start: Evaluation
-    end: Evaluation
-    steps: int
 
 
 @dataclass(frozen=True)

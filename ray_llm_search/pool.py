@@ -63,6 +63,17 @@ class Trajectory:
         return max(usable, key=lambda e: (sign * e.metric, -loss_key(e.loss), -e.step))
 
 
+
+@dataclass(frozen=True)
+class Descent:
+    """What gradient descent did to a start: ``start`` (its text and its score as text, step 0), ``end`` (the
+    last evaluation of the chain it started: the tuned vectors' scores, ``text`` their nearest words) and the
+    chain's ``steps`` of descent in all."""
+
+    start: Evaluation
+    end: Evaluation
+    steps: int
+
 class PromptPool:
     """All trajectories of a search, ranked by their best evaluation.
 
@@ -190,6 +201,98 @@ def vocabulary_of(texts: list[str]) -> list[str]:
         for word in _WORD.findall(text.lower()):
             seen.setdefault(word, None)
     return list(seen)
+
+
+def text_scores(pool: PromptPool, screened: dict[int, list[dict]], candidate_start: str) -> list[Evaluation]:
+    """Every text evaluated as text so far, best first, each once (its first evaluation): the step-0
+    evaluation of each phase that started from text (a seed, a new start, an adopted text candidate), and
+    every screened candidate and projection (``screened``: per generation, the searcher's rows of candidates
+    that lost). Non-finite scores are left out."""
+    found: list[Evaluation] = []
+    for trajectory in pool.trajectories.values():
+        first = trajectory.evaluations[0] if trajectory.evaluations else None
+        if first is None or first.step != 0:
+            continue
+        if trajectory.adopted and candidate_start == "text":
+            found.append(Evaluation(0, trajectory.adopted, first.loss, first.metric))
+        elif not trajectory.resume_from and not trajectory.adopted:
+            found.append(Evaluation(0, trajectory.prompt_init, first.loss, first.metric))
+    for entries in screened.values():
+        found += [Evaluation(0, entry["text"], entry["loss"], entry["metric"]) for entry in entries]
+    unique: dict[str, Evaluation] = {}
+    for e in found:
+        key = normalize(e.text)
+        if key and key not in unique and math.isfinite(e.metric):
+            unique[key] = e
+    return sorted(unique.values(), key=lambda e: _rank_key(pool.mode, e))
+
+
+def descents(pool: PromptPool) -> list[Descent]:
+    """What descent did to each start from text, best first by the score its chain reached (ties: lower loss):
+    per lineage whose first phase started from text, that text with its step-0 score, the chain's last
+    finite evaluation and its steps in all. Chains that have not stepped yet are left out."""
+    lineages: dict[str, list[Trajectory]] = {}
+    for trajectory in pool.trajectories.values():
+        lineages.setdefault(trajectory.lineage, []).append(trajectory)
+    found = []
+    for phases in lineages.values():
+        phases.sort(key=lambda t: t.generation)
+        first = phases[0]
+        if first.resume_from or not first.evaluations or first.evaluations[0].step != 0:
+            continue
+        scored = [(t, [e for e in t.evaluations if math.isfinite(e.metric)]) for t in phases]
+        steps = sum(max(e.step for e in t.evaluations) for t in phases if t.evaluations)
+        ends = [evals[-1] for _, evals in scored if evals]
+        if steps <= 0 or not ends:
+            continue
+        start = first.evaluations[0]
+        found.append(Descent(Evaluation(0, first.adopted or first.prompt_init, start.loss, start.metric),
+                             ends[-1], steps))
+    return sorted(found, key=lambda d: _rank_key(pool.mode, d.end))
+
+
+def _rank_key(mode: str | None, e: Evaluation) -> tuple[float, float]:
+    return (-1.0 if mode != "min" else 1.0) * e.metric, loss_key(e.loss)
+
+
+def perturbed(pool: PromptPool, n: int, rng: random.Random, seed_texts: list[str], vocabulary: list[str],
+              max_words: int, exclude: set[str]) -> list[str]:
+    """``n`` new texts made by random word edits (``perturb``) of the best start texts, best first (``seed_texts``
+    where no phase has run), at most ``max_words`` words, none in ``exclude`` (normalized) or already seen."""
+    if n <= 0:
+        return []
+    bases = []
+    for trajectory in pool.ranked():
+        text = trajectory.adopted or trajectory.prompt_init
+        if text and text not in bases:
+            bases.append(text)
+    bases = bases or list(seed_texts)
+    out: list[str] = []
+    keys = set(exclude)
+    for i in range(50 * n):
+        if len(out) >= n:
+            break
+        text = perturb(bases[i % len(bases)], rng, vocabulary)
+        key = normalize(text)
+        if key and key not in keys and pool.is_new(text) and len(text.split()) <= max_words:
+            keys.add(key)
+            out.append(text)
+    while len(out) < n:  # tiny vocabularies: repeats are still screened (a repeat costs what a new one does)
+        out.append(bases[len(out) % len(bases)])
+    return out
+
+
+def fill(pool: PromptPool, n: int, exclude: set[str], seed_prompts: list[str]) -> list[str]:
+    """Top-up when the LLM gives too few: unstarted projections of the best phases, then unused seeds,
+    then the best texts again (a phase from a repeated text still differs by its seed)."""
+    if n <= 0:
+        return []
+    texts = pool.fill_texts(exclude)
+    texts += [s for s in seed_prompts if pool.is_new(s) and normalize(s) not in exclude]
+    ranked = [t.best(pool.mode).text or t.prompt_init for t in pool.ranked()] or list(seed_prompts)
+    while len(texts) < n:
+        texts.append(ranked[len(texts) % len(ranked)])
+    return texts[:n]
 
 
 def _same(a: Evaluation, b: Evaluation) -> bool:

@@ -177,6 +177,19 @@ def descent_schedule(population: int, generations: int, steps: int, eval_every: 
             {"steps": final, "eval_every": ef, "population": 1, "elites": 1}]
 
 
+def search_config(name: str = DEFAULT, *, task_description: str, seed_prompts: list[str], population: int = 4,
+                  generations: int = 3, steps: int | None = None, eval_every: int | None = None, **settings):
+    """The named design as a ``SearchConfig`` (``ray_llm_search.config``) at the budget of ``population`` gradient
+    chains of ``generations`` phases of ``steps`` steps evaluated every ``eval_every`` (``None``: the trial
+    config's, when Tune hands it over); ``settings`` override the design's own, as in ``LLMSearch.from_preset``.
+    ``search_config(...).resolved()`` holds ``preset(...)``'s settings."""
+    from ray_llm_search.config import SearchConfig
+
+    return SearchConfig(task_description=task_description, seed_prompts=seed_prompts, preset=name,
+                        population=population, generations=generations, steps=steps, eval_every=eval_every,
+                        **settings)
+
+
 def preset(name: str = DEFAULT, *, population: int = 4, generations: int = 3, steps: int, eval_every: int) -> dict:
     """``LLMSearch`` keyword arguments for the named design at the budget of ``population`` gradient chains run
     for ``generations`` phases of ``steps`` steps evaluated every ``eval_every`` (the trial config's values).

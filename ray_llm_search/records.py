@@ -11,6 +11,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections import Counter
+
+from ray_llm_search import tables
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +98,67 @@ class GenerationLog:
 
     def close(self) -> None:
         """Nothing stays open between generations; kept for callers that close the log at the end."""
+
+    def write_all(self, record: dict, metric: str, evaluations: list[dict], records: list[dict]) -> None:
+        """A generation's record, and the evaluations and generations so far as CSV files; a failure is logged."""
+        try:
+            self.write_generation(record, metric)
+            tables.write_csv(os.path.join(self.log_dir, tables.EVALUATIONS_FILE), evaluations)
+            tables.write_csv(os.path.join(self.log_dir, tables.GENERATIONS_FILE), records)
+        except OSError:
+            logger.exception("could not write the generation summary to %s", self.log_dir)
+
+    def rewrite_rounds(self, records: list[dict], rounds: dict, metric: str) -> None:
+        """Records whose LLM round ended after they were written (``overlap=True``), written again with it."""
+        for record in records:
+            rnd = rounds.get(record["generation"])
+            if rnd is not None and record.get("llm") != rnd.record():
+                record["llm"] = rnd.record()
+                try:
+                    self.write_generation(record, metric)
+                except OSError:
+                    logger.exception("could not write the generation summary to %s", self.log_dir)
+        try:
+            tables.write_csv(os.path.join(self.log_dir, tables.GENERATIONS_FILE), records)
+        except OSError:
+            logger.exception("could not write the generations to %s", self.log_dir)
+
+    def finish(self, best: dict | None) -> None:
+        """``best.json`` (where there is a best), at the search's end; a failure is logged."""
+        try:
+            if best is not None:
+                self.write_best(best)
+            self.close()
+        except OSError:
+            logger.exception("could not write best.json to %s", self.log_dir)
+
+
+def generation_record(pool, members: list, generation: int, rnd, screened: dict[int, list[dict]],
+                      suspicious: dict[str, dict[str, int]]) -> dict:
+    """What ``generations.jsonl`` says of a completed generation: its trials, their origins and errors, its best
+    and mean metric, the best so far, the starts, the candidates screened and adopted, non-finite results and
+    its LLM round (``Round.record``)."""
+    mode = pool.mode
+    scores = [s for s in (pool.score(t) for t in members) if s is not None]
+    best = pool.ranked(generation)
+    overall = pool.best()
+    return {
+        "generation": generation,
+        "trials": len(members),
+        "errored": sum(t.status == "error" for t in members),
+        "origins": dict(Counter(t.origin for t in members)),
+        "best_metric": best[0].best(mode).metric if best else None,
+        "mean_metric": sum(scores) / len(scores) if scores else None,
+        "best_prompt": best[0].best(mode).text if best else None,
+        "best_start": best[0].prompt_init if best else None,
+        "best_hyperparameters": dict(best[0].hyperparameters) if best else None,
+        "best_so_far": overall.best(mode).metric if overall else None,
+        "starts": [t.prompt_init for t in members],
+        "screened": len(screened.get(generation, [])) + sum(bool(t.adopted) for t in members),
+        "adopted": [t.adopted for t in members if t.adopted],
+        "non_finite": sum(suspicious.get(t.trial_id, {}).get("non_finite", 0) for t in members),
+        "llm": rnd.record() if rnd is not None else None,
+    }
 
 
 def _key(record: dict) -> tuple:

@@ -14,7 +14,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "scr
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import rls_helpers as helpers  # noqa: E402
 
-from ray_llm_search import LLMSearch, Mentor  # noqa: E402
+from ray_llm_search import LLMSearch  # noqa: E402
+from ray_llm_search.mentor import Mentor  # noqa: E402
 from ray_llm_search.pool import Evaluation, PromptPool, Trajectory  # noqa: E402
 
 ray_session = pytest.fixture(scope="module", name="ray_session")(helpers.ray_session)
