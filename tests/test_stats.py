@@ -53,3 +53,31 @@ def test_the_comparison_and_the_selection_study_print_the_same_cells():
     values = [0.02, -0.01, 0.04, 0.00, 0.03, 0.01, 0.05]
     assert compare.paired(values) == stats.mean_ci(values) == selection.mean_ci(values)
     assert not hasattr(compare, "_T95")
+
+
+def test_examples_verdict_pairs_runs_by_task_and_seed_and_never_across_budgets(tmp_path):
+    """examples/verdict.py (the verdict table of examples/RESULTS.md): a design minus gradient only and minus its
+    twin, seed by seed where both ran, with the t-interval; a run at another budget kind is not paired."""
+    import importlib.util
+    import json
+    import os
+
+    spec = importlib.util.spec_from_file_location(
+        "verdict", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "verdict.py"))
+    verdict = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(verdict)
+
+    def run(dataset, seed, arm, acc, kind="compute"):
+        return {"dataset": dataset, "seed": seed, "arm": arm, "test_acc": acc, "budget": {"kind": kind}}
+
+    runs = [run("sst2", s, "gradient", 0.60) for s in range(3)]
+    runs += [run("sst2", s, "halving", 0.60 + 0.01 * s) for s in range(3)]
+    runs += [run("sst2", s, "halving-perturb", 0.61) for s in range(2)] + [run("sst2", 2, "halving-perturb", 0.5, "workers")]
+    runs += [run("trec", 0, "halving", 0.70), run("trec", 0, "gradient", 0.65)]
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps({"runs": runs}))
+    table = verdict.main([f"{path}=M"]).splitlines()
+    grad = next(line for line in table if "gradient only" in line)
+    twin = next(line for line in table if "twin" in line)
+    assert "+1.0 ± 2.5 (n=3)" in grad and "+5.0 (n=1)" in grad and grad.endswith("| +3.0 (2 tasks) |")
+    assert "-0.5 ± 6.4 (n=2)" in twin and twin.endswith("| -0.5 (1 tasks) |")
