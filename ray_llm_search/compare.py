@@ -86,7 +86,7 @@ from ray.tune.search import Searcher  # noqa: E402
 from ray_llm_search import presets  # noqa: E402
 from ray_llm_search.flags import add_llm_flags, add_search_flags, llm_from_flags, llm_label  # noqa: E402
 from ray_llm_search.stats import mean_ci  # noqa: E402
-from trainables.benchmarks import BENCHMARKS  # noqa: E402
+from trainables.benchmark_data import BENCHMARKS  # noqa: E402
 
 ARMS = ("gradient", "llm", "llm+gradient", "perturb+gradient", "screened", "screened-perturb", "screened-paired",
         "screened-perturb-paired", "late-mix", "late-mix-perturb", "late-text", "authors", "authors-perturb",
@@ -164,7 +164,7 @@ PEERS = (("authors-paired", "pbt"), ("authors-perturb-paired", "pbt"))
 # LLMSearch's default design (presets.DEFAULT)
 DEFAULT_ARMS = ("gradient", "authors-perturb-paired", "llm", "authors-paired")
 
-# The shared benchmarks' task descriptions and seed prompts, and their published settings: trainables.benchmarks.
+# The shared benchmarks' task descriptions and seed prompts, and their published settings: trainables.benchmark_data.
 TASKS: dict[str, tuple[str, list[str]]] = {n: (b.task, list(b.seed_prompts)) for n, b in BENCHMARKS.items()}
 
 
@@ -259,7 +259,7 @@ class NoLLM:
         raise AssertionError("this arm asks no LLM")
 
 
-# Settings the published table uses per dataset where the flag is not given (trainables.benchmarks).
+# Settings the published table uses per dataset where the flag is not given (trainables.benchmark_data).
 DATASET_DEFAULTS: dict[str, dict] = {n: dict(b.defaults) for n, b in BENCHMARKS.items() if b.defaults}
 GLOBAL_DEFAULTS = {"test_size": None, "max_length": 64}
 
