@@ -49,7 +49,7 @@ def _phase_worker(conn, go, round_done) -> None:
     import torch
 
     import trainables.phase as phase
-    from trainables.benchmarks import BENCHMARKS
+    from trainables.benchmark_data import BENCHMARKS
     from trainables.text_prompt import build_classifier, dataset_for
 
     bbc = BENCHMARKS["bbc"]
@@ -156,7 +156,7 @@ def meta_prompt() -> str:
     """Round 1's meta-prompt of the quickstart's search (``LLMSearch.dry_run``: no model is loaded)."""
     from ray_llm_search import LLMSearch, presets
     from ray_llm_search.testing import ScriptedLLM
-    from trainables.benchmarks import BENCHMARKS
+    from trainables.benchmark_data import BENCHMARKS
 
     bbc = BENCHMARKS["bbc"]
     search = LLMSearch.from_preset(ScriptedLLM([]), bbc.task, list(bbc.seed_prompts), presets.DEFAULT, steps=STEPS,

@@ -34,7 +34,7 @@ def main(argv=None) -> dict:
     import torch
 
     from trainables import phase as phase_module
-    from trainables.benchmarks import BENCHMARKS
+    from trainables.benchmark_data import BENCHMARKS
     from trainables.text_prompt import build_classifier, dataset_for
 
     torch.set_num_threads(1)

@@ -36,7 +36,7 @@ def _phase_worker(conn, policy: str | None) -> None:
     import torch
 
     import trainables.phase as phase
-    from trainables.benchmarks import BENCHMARKS
+    from trainables.benchmark_data import BENCHMARKS
     from trainables.text_prompt import build_classifier, dataset_for
 
     bbc = BENCHMARKS["bbc"]

@@ -32,7 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from ray_llm_search.flags import add_llm_flags, add_search_flags, llm_from_flags, refuse_model_flag  # noqa: E402
 from ray_llm_search.testing import ScriptedLLM  # noqa: E402  (a mentor that answers at once, for checking a cluster)
-from trainables.benchmarks import BENCHMARKS  # noqa: E402
+from trainables.benchmark_data import BENCHMARKS  # noqa: E402
 
 TASK, SEEDS = BENCHMARKS["bbc"].task, list(BENCHMARKS["bbc"].seed_prompts)
 SUMMARY_MARK = "CLUSTER_JOB_SUMMARY "

@@ -26,7 +26,7 @@ from datetime import datetime
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from ray_llm_search.flags import add_llm_flags, add_search_flags, llm_from_flags, refuse_model_flag  # noqa: E402
-from trainables.benchmarks import BENCHMARKS  # noqa: E402
+from trainables.benchmark_data import BENCHMARKS  # noqa: E402
 
 BBC = BENCHMARKS["bbc"]  # its task description, seed prompts and data spec
 # What a prestarted worker imports besides the trainable (unless --no-warm): torch.optim's first optimizer imports

@@ -15,16 +15,14 @@ import json
 import statistics
 import sys
 
+from ray_llm_search.compare import CONTROLS, canonical_arm
 from ray_llm_search.stats import t_interval
 
 TASKS = (("sst2", "SST-2"), ("trec", "TREC"), ("ag_news", "AG News"), ("bbc", "BBC News"))
-# design arm -> its no-LLM twin, as the comparison records them (compare.CONTROLS)
-TWINS = {"authors-paired": "authors-perturb-paired", "authors": "authors-perturb", "text-first": "text-first-perturb",
-         "halving": "halving-perturb", "descent-shown": "descent-shown-perturb",
-         "screened-paired": "screened-perturb-paired", "screened": "screened-perturb", "late-mix": "late-mix-perturb",
-         "llm+gradient": "perturb+gradient"}
-ORDER = ("authors-paired", "descent-shown", "halving", "text-first", "authors", "screened-paired", "screened",
-         "late-mix", "llm+gradient", "llm")
+# design arm -> its no-LLM twin (the comparison's CONTROLS), and the designs in the table's order
+TWINS = dict(CONTROLS)
+ORDER = ("authors-paired", "descent-shown", "halving", "text-first", "authors", "chains-paired", "chains-screened",
+         "late-mix", "restarts", "llm")
 
 
 def differences(runs: list[dict], arm: str, other: str) -> dict[str, list[float]]:
@@ -73,8 +71,9 @@ def main(argv: list[str] | None = None) -> str:
              "|---|---|---|" + "---|" * len(TASKS) + "---|"]
     for spec in args.files:
         path, _, mentor = spec.partition("=")
-        with open(path, encoding="utf-8") as f:
-            lines += rows(json.load(f)["runs"], mentor or "?")
+        with open(path, encoding="utf-8") as f:  # runs recorded under an arm's earlier name: under its name now
+            runs = [{**r, "arm": canonical_arm(r["arm"])} for r in json.load(f)["runs"]]
+        lines += rows(runs, mentor or "?")
     text = "\n".join(lines)
     print(text)
     return text

@@ -19,7 +19,7 @@ import uuid
 from collections import Counter
 from typing import Any
 
-from ray_llm_search import contract, space, tables
+from ray_llm_search import contract, records, space
 from ray_llm_search import pool as pools
 from ray_llm_search.mailbox import make_mailbox
 from ray_llm_search.mentor import Descent
@@ -532,13 +532,13 @@ class GenerationPolicy:
         """Every evaluation the trials reported, one dict each (also ``<log_dir>/evaluations.csv``): trial,
         generation, origin, status, start text, lineage, adopted candidate, step, projected text, the metric
         (under its own name), loss and the trial's sampled hyperparameters."""
-        return tables.evaluation_rows(self.trajectories, self._metric, self._search_id)
+        return records.evaluation_rows(self.trajectories, self._metric, self._search_id)
 
     def dataframe(self, kind: str = "evaluations"):
         """``evaluation_rows()`` (``kind="evaluations"``) or ``records`` (``"generations"``) as a pandas DataFrame."""
         if kind not in ("evaluations", "generations"):
             raise ValueError(f"kind must be 'evaluations' or 'generations', got {kind!r}")
-        return tables.dataframe(self.evaluation_rows() if kind == "evaluations" else self.records)
+        return records.dataframe(self.evaluation_rows() if kind == "evaluations" else self.records)
 
     def round_spans(self) -> list[tuple[float, float]]:
         """``(start, end)`` wall-clock times of every LLM round asked (``timeline.round_wait``)."""

@@ -136,16 +136,21 @@ class PromptPool:
         ranked = self.ranked()
         return ranked[0] if ranked else None
 
-    def lowest_loss(self) -> tuple[Trajectory, Evaluation] | None:
-        """The evaluation of lowest finite loss over every trajectory (ties: the better metric, then the earlier
-        generation and step), with its trajectory; None if no evaluation has a finite loss and metric."""
-        sign = -1.0 if self.mode == "max" else 1.0
-        keyed = [((e.loss, sign * e.metric, t.generation, e.step), i, t, e)
-                 for i, t in enumerate(self.trajectories.values()) for e in t.evaluations
-                 if math.isfinite(e.loss) and math.isfinite(e.metric)]
+    def chosen(self, select: str) -> tuple[Trajectory, Evaluation] | None:
+        """The final prompt's evaluation under ``select`` (``selection_key``) with its trajectory, among the
+        evaluations of finite metric (and, by ``"loss"``, finite loss); None if there is none. Earlier, on a tie:
+        by ``"metric"`` the trajectory suggested first, then the earlier step (the best trajectory's best, as
+        ``ranked`` and ``Trajectory.best`` order them); by ``"loss"`` the earlier generation and step."""
+        keyed = []
+        for i, t in enumerate(self.trajectories.values()):
+            for e in t.evaluations:
+                if not math.isfinite(e.metric) or (select == "loss" and not math.isfinite(e.loss)):
+                    continue
+                order = (t.generation, e.step, i) if select == "loss" else (i, e.step)
+                keyed.append((selection_key(select, e.metric, e.loss, order, self.mode), t, e))
         if not keyed:
             return None
-        _, _, t, e = min(keyed, key=lambda k: k[:2])
+        _, t, e = min(keyed, key=lambda k: k[0])
         return t, e
 
     def fill_texts(self, exclude: set[str] = frozenset()) -> list[str]:
@@ -164,6 +169,17 @@ class PromptPool:
                     keys.add(key)
                     texts.append(evaluation.text)
         return texts
+
+
+def selection_key(select: str, metric: float, loss: float, order: tuple = (), mode: str = "max") -> tuple:
+    """How the final prompt is chosen (``LLMSearch(select=...)``, ``best()``; the comparison's arms choose by the
+    same key, ``compare.select_best``), smallest first. ``"loss"``: the lowest loss, then the better metric, then
+    ``order`` (the caller's "earlier"); any other ``select`` (``"metric"``, the comparison's ``"acc"``): the better
+    metric, then the lower loss (a non-finite loss after every finite one, ``loss_key``), then ``order``."""
+    sign = -1.0 if mode == "max" else 1.0
+    if select == "loss":
+        return (loss, sign * metric, *order)
+    return (sign * metric, loss_key(loss), *order)
 
 
 def loss_key(loss: float) -> float:

@@ -1,6 +1,7 @@
 """The search's records in its ``log_dir``: one JSON line per generation (``generations.jsonl``), the final
 prompt (``best.json``), and the same as TensorBoard scalars and text. (The LLM's crash journal,
-``llm_rounds.jsonl``, belongs to the round engine: ``ray_llm_search.rounds``.)
+``llm_rounds.jsonl``, belongs to the round engine: ``ray_llm_search.rounds``.) Every evaluation and every
+generation also as rows, CSV files (``evaluations.csv``, ``generations.csv``) and DataFrames (below).
 
 Written by the searcher into its ``log_dir`` (by default inside the experiment folder), so that
 ``tensorboard --logdir <experiment folder>`` shows Tune's per-trial curves and these side by side.
@@ -8,12 +9,13 @@ Written by the searcher into its ``log_dir`` (by default inside the experiment f
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
+import math
 import os
 from collections import Counter
-
-from ray_llm_search import tables
+from collections.abc import Iterable
 
 logger = logging.getLogger(__name__)
 
@@ -103,8 +105,8 @@ class GenerationLog:
         """A generation's record, and the evaluations and generations so far as CSV files; a failure is logged."""
         try:
             self.write_generation(record, metric)
-            tables.write_csv(os.path.join(self.log_dir, tables.EVALUATIONS_FILE), evaluations)
-            tables.write_csv(os.path.join(self.log_dir, tables.GENERATIONS_FILE), records)
+            write_csv(os.path.join(self.log_dir, EVALUATIONS_FILE), evaluations)
+            write_csv(os.path.join(self.log_dir, GENERATIONS_FILE), records)
         except OSError:
             logger.exception("could not write the generation summary to %s", self.log_dir)
 
@@ -119,7 +121,7 @@ class GenerationLog:
                 except OSError:
                     logger.exception("could not write the generation summary to %s", self.log_dir)
         try:
-            tables.write_csv(os.path.join(self.log_dir, tables.GENERATIONS_FILE), records)
+            write_csv(os.path.join(self.log_dir, GENERATIONS_FILE), records)
         except OSError:
             logger.exception("could not write the generations to %s", self.log_dir)
 
@@ -196,3 +198,70 @@ def _same_key(line: str, record: dict) -> bool:
 def _md(text: str) -> str:
     # TensorBoard renders text as Markdown; indenting keeps line breaks and stops markup in LLM output.
     return "\n".join("    " + line for line in text.splitlines()) or "    "
+
+
+# -- as tables: rows, CSV files, DataFrames -------------------------------------------------------------------------
+
+# A search's results as tables: every evaluation and every generation, as rows, CSV files and DataFrames.
+#
+# ``LLMSearch`` rewrites ``evaluations.csv`` and ``generations.csv`` in its ``log_dir`` each time a generation
+# completes (next to ``generations.jsonl``), and gives the same rows from ``search.evaluation_rows()`` /
+# ``search.dataframe("evaluations")`` in a notebook::
+#
+#     df = search.dataframe()                       # one row per reported evaluation
+#     df.groupby("generation").val_acc.max()        # the metric column is named after the search's metric
+#
+# Cells that are lists or dicts (a generation's starts, an LLM round's details, sampled hyperparameters) are
+# JSON text in the CSV files and Python objects in the rows and DataFrames. pandas is only needed for
+# ``dataframe``.
+
+EVALUATIONS_FILE = "evaluations.csv"
+GENERATIONS_FILE = "generations.csv"
+EVALUATION_COLUMNS = ("search_id", "trial_id", "generation", "origin", "status", "prompt_init", "lineage",
+                      "adopted", "step", "prompt_text", "loss")
+
+
+def evaluation_rows(trajectories: Iterable, metric: str, search_id: str | None = None) -> list[dict]:
+    """One dict per reported evaluation, in the order the trials were suggested and the steps reported."""
+    rows = []
+    for t in trajectories:
+        for e in t.evaluations:
+            rows.append({"search_id": search_id, "trial_id": t.trial_id, "generation": t.generation,
+                         "origin": t.origin, "status": t.status, "prompt_init": t.prompt_init,
+                         "lineage": t.lineage or t.trial_id, "adopted": t.adopted, "step": e.step,
+                         "prompt_text": e.text, metric: e.metric, "loss": e.loss,
+                         "hyperparameters": dict(t.hyperparameters)})
+    return rows
+
+
+def write_csv(path: str, rows: list[dict], columns: list[str] | None = None) -> None:
+    """``rows`` as CSV (atomically: a reader never sees half a file); list and dict cells as JSON."""
+    if columns is None:
+        columns = []
+        for row in rows:
+            columns += [k for k in row if k not in columns]
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: _cell(row.get(k)) for k in columns})
+    os.replace(tmp, path)
+
+
+def dataframe(rows: list[dict]):
+    try:
+        import pandas as pd
+    except ImportError as e:  # ray[tune] brings pandas; a bare install may not have it
+        raise ImportError("search.dataframe() needs pandas (pip install pandas); the same rows are in "
+                          "search.evaluation_rows() and the CSV files in the search's log_dir") from e
+    return pd.DataFrame(rows)
+
+
+def _cell(value):
+    if isinstance(value, (list, dict, tuple)):
+        return json.dumps(value, sort_keys=True)
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)  # nan, inf, -inf: what pandas and float() read back
+    return value

@@ -354,15 +354,11 @@ class LLMSearch(GenerationPolicy, Searcher):
         path (``None`` where the phase kept no vectors for it) and where its phase started."""
         if not self._ready:
             return None
-        if self.select == "loss":
-            trajectory, e = self._pool.lowest_loss() or (None, None)
-            path = trajectory.loss_vectors_path if trajectory is not None else None
-        else:
-            trajectory = self._pool.best()
-            e = trajectory.best(self._mode) if trajectory is not None else None
-            path = trajectory.vectors_path if trajectory is not None else None
-        if trajectory is None:
+        found = self._pool.chosen(self.select)  # pool.selection_key: the rule the comparison's arms choose by too
+        if found is None:
             return None
+        trajectory, e = found
+        path = trajectory.loss_vectors_path if self.select == "loss" else trajectory.vectors_path
         return {
             "prompt_text": e.text,
             "metric": self._metric,

@@ -52,6 +52,26 @@ def worker_timeline(results: list[dict], wall_s: float, workers: int, phase_comp
     by_pid: dict = defaultdict(list)
     for r in timed:
         by_pid[r["pid"]].append(r)
+    phase_s = sum(float(r["elapsed_s"]) for r in timed)
+    out = {"trials": len(timed), "untimed": len(results) - len(timed), "processes": len(by_pid),
+           "phase_s": round(phase_s, 2), "utilisation": round(phase_s / max(wall_s * max(workers, 1), 1e-9), 3),
+           **_process_reuse(by_pid)}
+    if _number(started_at) and timed:
+        out["lead_in_s"] = round(min(r["started_at"] for r in timed) - started_at, 3)
+        out["tail_s"] = round(started_at + wall_s - max(r["started_at"] + r["elapsed_s"] for r in timed), 3)
+    out.update(_in_phase(timed, wall_s, workers))
+    total = compute_s if compute_s is not None else (
+        phase_compute_s * len(timed) if phase_compute_s is not None else None)
+    if total is not None and total > 0 and timed:
+        ideal = total / max(workers, 1)
+        out["ideal_s"] = round(ideal, 2)
+        out["wall_over_ideal"] = round(wall_s / ideal, 3)
+    return out
+
+
+def _process_reuse(by_pid: dict) -> dict:
+    """Setup of a process's first phase and of its later ones, the later phases' waits before their first step
+    and first computation, and the gaps between one phase's end and the next one's start in a process."""
     fresh, warm, first_warm, compute_warm, gaps = [], [], [], [], []
     for rows in by_pid.values():
         rows.sort(key=lambda r: r["started_at"])
@@ -66,22 +86,13 @@ def worker_timeline(results: list[dict], wall_s: float, workers: int, phase_comp
             if i:
                 prev = rows[i - 1]
                 gaps.append(max(0.0, r["started_at"] - (prev["started_at"] + prev["elapsed_s"])))
-    phase_s = sum(float(r["elapsed_s"]) for r in timed)
-    out = {
-        "trials": len(timed),
-        "untimed": len(results) - len(timed),
-        "processes": len(by_pid),
-        "phase_s": round(phase_s, 2),
-        "utilisation": round(phase_s / max(wall_s * max(workers, 1), 1e-9), 3),
-        "setup_fresh_s": _median(fresh),
-        "setup_warm_s": _median(warm),
-        "first_step_warm_s": _spread(first_warm),
-        "first_compute_warm_s": _spread(compute_warm),
-        "gap_s": {**_spread(gaps), "total": round(sum(gaps), 2)},
-    }
-    if _number(started_at) and timed:
-        out["lead_in_s"] = round(min(r["started_at"] for r in timed) - started_at, 3)
-        out["tail_s"] = round(started_at + wall_s - max(r["started_at"] + r["elapsed_s"] for r in timed), 3)
+    return {"setup_fresh_s": _median(fresh), "setup_warm_s": _median(warm), "first_step_warm_s": _spread(first_warm),
+            "first_compute_warm_s": _spread(compute_warm), "gap_s": {**_spread(gaps), "total": round(sum(gaps), 2)}}
+
+
+def _in_phase(timed: list[dict], wall_s: float, workers: int) -> dict:
+    """What the phases say of their own time, where every one says it: ``report_s`` and ``compute_s``."""
+    out = {}
     sent = [r.get("report_s") for r in timed]
     if timed and all(_number(v) for v in sent):
         # reports and restart checkpoints, as each phase's last result has them (that result's own not yet in)
@@ -94,12 +105,6 @@ def worker_timeline(results: list[dict], wall_s: float, workers: int, phase_comp
         out["in_phase_compute_s"] = round(inside_s, 2)
         if inside_s > 0:
             out["wall_over_in_phase"] = round(wall_s / (inside_s / max(workers, 1)), 3)
-    total = compute_s if compute_s is not None else (
-        phase_compute_s * len(timed) if phase_compute_s is not None else None)
-    if total is not None and total > 0 and timed:
-        ideal = total / max(workers, 1)
-        out["ideal_s"] = round(ideal, 2)
-        out["wall_over_ideal"] = round(wall_s / ideal, 3)
     return out
 
 

@@ -182,7 +182,7 @@ def test_the_quickstart_dry_run_prints_the_plan_and_runs_nothing(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert "round 1's meta-prompt" in done.stdout and "prompt: the topic of this news article is" in done.stdout
     assert "at most 3 LLM calls in 3 rounds" in done.stdout  # the default preset (authors): three rounds
-    from trainables.benchmarks import BENCHMARKS
+    from trainables.benchmark_data import BENCHMARKS
 
     assert BENCHMARKS["bbc"].task in done.stdout  # the benchmark table's task, shown to the mentor
     assert not any(tmp_path.iterdir())  # no experiment folder: nothing ran

@@ -45,7 +45,7 @@ def test_budget_counts_steps_and_evaluations():
 
 def _reports(arm: str, b: dict, drop: int = 0) -> list[dict]:
     rows = []
-    if arm.startswith("screened"):
+    if arm.startswith("chains"):
         # generation 0 evaluates the seeds as text; generation 1 screens G - 1 candidates per chain, whose starts
         # (and every later chain's) are reused scores; each row carries the phase's running count
         rows += [{"trial_id": f"0_{t}", "generation": 0, "step": 0, "val_acc": 0.5, "loss": 1.0, "evaluations": 1}
@@ -85,14 +85,14 @@ def _reports(arm: str, b: dict, drop: int = 0) -> list[dict]:
 
 @pytest.mark.parametrize("argv, says", [
     (["--head", "linear"], "LLM-only arm"),
-    (["--head", "linear", "--arms", "gradient", "llm+gradient"], "--no-seed-prompt"),
+    (["--head", "linear", "--arms", "gradient", "restarts"], "--no-seed-prompt"),
 ])
 def test_linear_head_refuses_arms_that_would_score_an_untrained_head(argv, says, capsys):
     with pytest.raises(SystemExit):
         compare.parse_args(argv)
     assert says in capsys.readouterr().err
-    ok = compare.parse_args(["--head", "linear", "--arms", "gradient", "llm+gradient", "--no-seed-prompt"])
-    assert ok.arms == ["gradient", "llm+gradient"]
+    ok = compare.parse_args(["--head", "linear", "--arms", "gradient", "restarts", "--no-seed-prompt"])
+    assert ok.arms == ["gradient", "restarts"]
 
 
 def test_a_recorded_run_is_reused_only_at_the_same_budget_and_settings():
@@ -325,7 +325,7 @@ def test_authors_regime_runs_one_chain_at_the_same_budget(tmp_path, monkeypatch)
     assert runs["gradient"]["select"] == "acc"
     # --rescore-only: a recorded run whose arm now chooses by another rule is re-scored from its kept vectors
     # (the best-accuracy vectors file here), and nothing new runs (seed 4 is not recorded)
-    monkeypatch.setattr(compare, "arm_select", lambda arm: "acc")
+    monkeypatch.setattr(compare.cli, "arm_select", lambda arm: "acc")
     again = compare.main(argv + ["--rescore-only", "--seeds", "3", "4"], llm_factory=lambda args, seed: ScriptedLLM())
     rescored = {r["arm"]: r for r in again["results"]["runs"]}
     assert len(again["results"]["runs"]) == len(runs)
@@ -373,7 +373,7 @@ def test_tiny_run_spends_equal_budgets_shares_seeds_and_writes_table_and_plot(tm
         reused = sum(e["reused"] for e in run["evaluations"])
         screened = sum(e["screen"] for e in run["evaluations"])
         adopted = sum(str(e["start"] or "").startswith("candidate") for e in run["evaluations"])
-        if arm.startswith("screened"):
+        if arm.startswith("chains"):
             # 2 chains x 2 gradient generations start from a reused score, unless a screened candidate won
             assert reused + adopted == 2 * 2 and run["screened"] == 2
             assert len(run["evaluations"]) - reused == b["evaluations"]
@@ -383,19 +383,19 @@ def test_tiny_run_spends_equal_budgets_shares_seeds_and_writes_table_and_plot(tm
             assert len(run["evaluations"]) - reused == b["evaluations"]
         else:
             assert len(run["evaluations"]) == b["evaluations"] and reused == screened == 0
-        want_calls = {"gradient": 0, "screened-perturb": 0, "screened": 1, "late-mix": 1, "late-mix-perturb": 0,
-                      "perturb+gradient": 0, "screened-paired": 1, "screened-perturb-paired": 0,
-                      "late-text": 1}.get(arm, b["llm_calls"])
+        want_calls = {"gradient": 0, "chains-screened-perturb": 0, "chains-screened": 1, "late-mix": 1, "late-mix-perturb": 0,
+                      "restarts-perturb": 0, "chains-paired": 1, "chains-paired-perturb": 0,
+                      "late-mix-text": 1}.get(arm, b["llm_calls"])
         assert run["llm_calls"] == want_calls
     # same splits, and generation 0 of the two gradient arms is the same set of phases with the same results
-    assert runs["gradient"]["split_sizes"] == runs["llm"]["split_sizes"] == runs["llm+gradient"]["split_sizes"]
+    assert runs["gradient"]["split_sizes"] == runs["llm"]["split_sizes"] == runs["restarts"]["split_sizes"]
     assert all(r["test_n"] == runs["gradient"]["test_n"] for r in runs.values())
 
     def gen0(run):
         return sorted((e["prompt_init"], e["phase_seed"], e["step"], e["val_acc"]) for e in run["evaluations"]
                       if e["generation"] == 0)
 
-    assert gen0(runs["gradient"]) == gen0(runs["llm+gradient"])
+    assert gen0(runs["gradient"]) == gen0(runs["restarts"])
     assert {e["prompt_init"] for e in runs["llm"]["evaluations"] if e["generation"] == 0} == set(
         compare.TASKS["sst2"][1][:2])
     table = (out / "RESULTS_TABLE.md").read_text()
@@ -429,14 +429,14 @@ def test_results_md_replaces_only_its_generated_block(tmp_path):
 
 @pytest.mark.slow
 def test_the_selection_study_scores_each_rules_choice_on_test(tmp_path, capsys):
-    from ray_llm_search import selection
+    from ray_llm_search.compare import selection_study as selection
     from trainables.text_prompt import evaluate_prompt
 
     out = tmp_path / "out"
     argv = ["--datasets", "sst2", "--seeds", "3", "--generations", "2", "--population", "2", "--steps", "2",
             "--eval-every", "1", "--shots", "2", "--val-shots", "2", "--test-size", "10", "--max-length", "32",
             "--backend", "inline", "--out", str(out), "--storage", str(tmp_path / "storage"),
-            "--data-root", str(SHARED_DATA), "--keep-vectors", "--arms", "gradient", "screened-perturb-paired"]
+            "--data-root", str(SHARED_DATA), "--keep-vectors", "--arms", "gradient", "chains-paired-perturb"]
     result = compare.main(argv, llm_factory=lambda args, seed: ScriptedLLM())
     study = selection.main(["--out", str(out), "--rules", "acc", "loss"])
     runs = {r["arm"]: r for r in result["results"]["runs"]}
@@ -449,7 +449,7 @@ def test_the_selection_study_scores_each_rules_choice_on_test(tmp_path, capsys):
             config, vectors_path=lowest["step_vectors_path"])["acc"]
     assert study["summary"][("sst2", "gradient", "loss", "same")] == [0.0]
     # a recorded run re-scored under another rule: the same choice as the study's, the earlier score kept
-    run = runs["screened-perturb-paired"]
+    run = runs["chains-paired-perturb"]
     before = run["test_acc"]
     assert compare.rescore(run, "loss", compare.parse_args(argv))
     assert run["select"] == "loss" and run["test_acc"] == study["table"][("sst2", run["arm"], "loss", 3)]
@@ -502,7 +502,7 @@ def _one_chain(b: dict, steps: list[int]) -> list[dict]:
     return rows
 
 
-@pytest.mark.parametrize("arm", ["gradient", "llm", "llm+gradient", "screened-paired", "pbt"])
+@pytest.mark.parametrize("arm", ["gradient", "llm", "restarts", "chains-paired", "pbt"])
 def test_workers_budget_counts_the_busiest_workers_steps(arm):
     """P-chain arms (and LLM only's P*E one-evaluation trials per generation, P at a time) spend one chain's
     G*K steps and G*E evaluations per worker: what they spend at equal compute, counted per worker."""
@@ -518,21 +518,21 @@ def test_workers_budget_counts_the_busiest_workers_steps(arm):
 def test_workers_budget_gives_a_one_chain_design_one_workers_steps_and_stops_one_that_overspends(tmp_path):
     args = _args(budget="workers", generations=5)
     b = compare.budget(args)
-    assert compare.design_population("authors-perturb-paired", args) == 1
-    assert compare.design_population("screened-paired", args) == 4
+    assert compare.design_population("authors-paired-perturb", args) == 1
+    assert compare.design_population("chains-paired", args) == 4
     # the authors' schedule at one worker's budget: 4 short phases and a long descent, G*K = 40 steps in all
-    search, _ = compare.make_search(args, "authors-perturb-paired", "task", ["a seed"], 0, str(tmp_path), {})
+    search, _ = compare.make_search(args, "authors-paired-perturb", "task", ["a seed"], 0, str(tmp_path), {})
     steps = [g["steps"] for g in search.schedule]
     assert steps == [8, 8, 8, 8, 8] and sum(steps) == b["worker_steps"] == 40
     rows = _one_chain(b, steps) + _screens([3, 3, 2])  # 7 evaluations of the chain, 8 screened: G*E = 15
-    counts = compare.check_budget("authors-perturb-paired", rows, b)
+    counts = compare.check_budget("authors-paired-perturb", rows, b)
     assert (counts["worker_steps"], counts["worker_evaluations"], counts["gradient_steps"]) == (40, 15, 40)
     # the design at the equal-compute schedule (one chain, all G*P*K = 160 steps) overspends its one worker
     compute = compare.budget(_args(generations=5))
     heavy = _one_chain(compute, [8, 8, 8, 8, 128]) + _screens([8, 8, 7])
-    assert compare.check_budget("authors-perturb-paired", heavy, compute)["gradient_steps"] == 160
+    assert compare.check_budget("authors-paired-perturb", heavy, compute)["gradient_steps"] == 160
     with pytest.raises(AssertionError, match="160 gradient steps and 60 evaluations per worker; the budget is 40 and 15"):
-        compare.check_budget("authors-perturb-paired", heavy, b)
+        compare.check_budget("authors-paired-perturb", heavy, b)
     # P chains of which one takes an extra phase: that worker did more than one chain's steps
     extra = _reports("gradient", b) + [{"trial_id": "2_9", "generation": 2, "step": s, "val_acc": 0.5, "loss": 1.0}
                                        for s in (0, 4, 8)]
@@ -561,11 +561,11 @@ def test_workers_budget_end_to_end_one_chain_gets_one_workers_steps_and_tables_k
               "--eval-every", "1", "--shots", "2", "--val-shots", "2", "--test-size", "10", "--max-length", "32",
               "--backend", "inline", "--out", str(tmp_path / "out"), "--storage", str(tmp_path / "storage"),
               "--data-root", str(SHARED_DATA), "--no-seed-prompt"]
-    compare.main(common + ["--arms", "gradient", "authors-perturb-paired", "--budget", "workers"])
+    compare.main(common + ["--arms", "gradient", "authors-paired-perturb", "--budget", "workers"])
     result = compare.main(common + ["--arms", "gradient"])  # the equal-compute run beside it, not over it
     runs = {(r["arm"], compare.budget_kind(r)): r for r in result["results"]["runs"]}
-    assert set(runs) == {("gradient", "workers"), ("authors-perturb-paired", "workers"), ("gradient", "compute")}
-    one = runs[("authors-perturb-paired", "workers")]
+    assert set(runs) == {("gradient", "workers"), ("authors-paired-perturb", "workers"), ("gradient", "compute")}
+    one = runs[("authors-paired-perturb", "workers")]
     # one chain: 4 short phases and a descent, G*K = 10 steps and G*E = 15 evaluations in all, on one worker
     assert (one["trials"], one["gradient_steps"], one["worker_steps"], one["n_evaluations"]) == (5, 10, 10, 15)
     chains = runs[("gradient", "workers")]
@@ -574,7 +574,38 @@ def test_workers_budget_end_to_end_one_chain_gets_one_workers_steps_and_tables_k
     table = result["table"]
     compute, workers = table.split("Budget: P workers")
     assert "Budget: equal compute" in compute and "| sst2 | gradient only | 1 | " in compute
-    row = f"| sst2 | {compare.ARM_LABELS['authors-perturb-paired']} | 1 |"
+    row = f"| sst2 | {compare.ARM_LABELS['authors-paired-perturb']} | 1 |"
     assert row not in compute and row in workers and "| 10 (10) | 15 (15) |" in workers  # never in one table
     with pytest.raises(ValueError, match="different budgets are never paired"):
         compare.paired_table(result["results"]["runs"])
+
+
+def test_arms_are_named_by_their_presets_and_their_earlier_names_still_work(tmp_path):
+    """A design's arm is its preset's name (its no-LLM twin ``<preset>-perturb``); the earlier names run the same
+    arm from the command line and are read under the names now from recorded results.json files."""
+    for arm, preset in compare.ARM_PRESETS.items():
+        assert arm in (preset, f"{preset}-perturb") or arm == "late-mix-text"  # late-mix, candidates from text
+    assert compare.SCREENED_ARMS.keys() == compare.ARM_PRESETS.keys()
+    for old, new in compare.ARM_ALIASES.items():
+        assert new in compare.ARMS and old not in compare.ARMS and compare.canonical_arm(old) == new
+    for table in (compare.CONTROLS, compare.ABLATIONS, compare.PEERS):
+        assert all(a in compare.ARMS and b in compare.ARMS for a, b in table)
+    assert set(compare.ARM_LABELS) == set(compare.ARMS) and set(compare.DEFAULT_ARMS) <= set(compare.ARMS)
+    args = compare.parse_args(["--arms", "screened-paired", "authors-perturb-paired", "llm+gradient", "gradient"])
+    assert args.arms == ["chains-paired", "authors-paired-perturb", "restarts", "gradient"]
+    assert compare.arm_select("authors-perturb-paired") == compare.arm_select("authors-paired-perturb") == "loss"
+    b = compare.budget(args)
+    old, new = tmp_path / "old.json", tmp_path / "new.json"
+    compare.save_results({"runs": [{"dataset": "sst2", "seed": 0, "arm": "screened-perturb-paired", "budget": b,
+                                    "test_acc": 0.6}], "seed_prompt": [], "commands": []}, str(old))
+    compare.save_results({"runs": [{"dataset": "sst2", "seed": 0, "arm": "chains-paired-perturb", "budget": b,
+                                    "test_acc": 0.7}], "seed_prompt": [], "commands": []}, str(new))
+    assert [r["arm"] for r in compare.load_results(str(old))["runs"]] == ["chains-paired-perturb"]
+    results = compare.load_results(str(old))
+    assert compare.merge_results(results, [str(new)]) == {"added": 0, "replaced": 1}  # the same arm
+    assert [(r["arm"], r["test_acc"]) for r in results["runs"]] == [("chains-paired-perturb", 0.7)]
+    recorded = ROOT / "examples" / "results" / "screened" / "results.json"  # recorded under the earlier names
+    if recorded.is_file():
+        runs = compare.load_results(str(recorded))["runs"]
+        assert {r["arm"] for r in runs} <= set(compare.ARMS) and "chains-paired" in {r["arm"] for r in runs}
+        assert compare.ARM_LABELS["chains-paired"] in compare.write_table({"runs": runs}, str(tmp_path / "t.md"))

@@ -108,6 +108,28 @@ def test_bad_task_flags_and_files_are_clear_errors(tmp_path, capsys):
     assert "not valid JSON" in capsys.readouterr().err
 
 
+def test_a_data_error_of_the_users_ends_the_command_with_one_line(tmp_path, capsys):
+    """A class with fewer examples than --shots asks (trainables.shots.few_shot's ValueError) is found before
+    anything runs and said in one line, exit status 2, like a bad task file: no traceback, no Ray cluster."""
+    path = write_task(tmp_path)
+    for backend in ("inline", "tune"):
+        with pytest.raises(SystemExit) as stop:
+            compare.main(["--task-file", str(path), "--shots", "8", "--seeds", "0", "--arms", "gradient",
+                          "--backend", backend, "--out", str(tmp_path / "out"), "--storage", str(tmp_path / "s")])
+        assert stop.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert "Traceback" not in "\n".join(err)
+        assert err[-1].endswith("error: the data of topics (seed 0, --shots 8): train: class 0 has 6 examples, "
+                                "fewer than the 8 asked per class (set cap_shots: true to take what there is)")
+    assert not (tmp_path / "out" / "results.json").exists()
+
+
+def test_a_missing_merge_file_is_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        compare.main(["--merge", str(tmp_path / "missing.json"), "--out", str(tmp_path / "out")])
+    assert stop.value.code == 2 and "--merge: no results file at" in capsys.readouterr().err
+
+
 def test_a_recorded_run_of_a_changed_task_is_not_reused(tmp_path):
     path = write_task(tmp_path)
     args = compare.parse_args(["--task-file", str(path)])
@@ -128,7 +150,7 @@ def test_a_users_csv_end_to_end_through_the_command_line(tmp_path):
     path = write_task(tmp_path)
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "ray_llm_search.compare", "--task-file", str(path), "--seeds", "0",
-           "--arms", "gradient", "screened-perturb", "--backend", "inline", "--generations", "2", "--population", "2",
+           "--arms", "gradient", "chains-screened-perturb", "--backend", "inline", "--generations", "2", "--population", "2",
            "--steps", "2", "--eval-every", "2", "--shots", "2", "--val-shots", "2", "--out", str(out),
            "--storage", str(tmp_path / "storage")]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -136,7 +158,7 @@ def test_a_users_csv_end_to_end_through_the_command_line(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     runs = {r["arm"]: r for r in results["runs"]}
-    assert set(runs) == {"gradient", "screened-perturb"}
+    assert set(runs) == {"gradient", "chains-screened-perturb"}
     b = compare.budget(compare.parse_args(["--task-file", str(path), "--generations", "2", "--population", "2",
                                            "--steps", "2", "--eval-every", "2"]))
     for run in runs.values():

@@ -158,7 +158,7 @@ def test_hugging_face_datasets_format_is_a_clear_error_without_the_package():
 
 def test_one_benchmark_table_feeds_the_comparison_and_the_examples():
     from ray_llm_search import compare
-    from trainables.benchmarks import BENCHMARKS
+    from trainables.benchmark_data import BENCHMARKS
     from trainables.data import bbc_news_spec
 
     assert set(BENCHMARKS) == set(SHARED_DATASETS) | {"bbc"}

@@ -15,6 +15,25 @@ def test_importing_the_searcher_package_loads_no_torch():
     assert done.stdout.strip() == "[]"
 
 
+def test_only_the_comparison_package_of_the_search_imports_the_trainables():
+    """The searcher and its modules never import ``trainables`` (the models): only ``ray_llm_search.compare``,
+    the experiment that runs the text trainable, does (ARCHITECTURE.md)."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).parents[1] / "ray_llm_search"
+    importers = []
+    for path in sorted(root.rglob("*.py")):
+        if path.relative_to(root).parts[0] == "compare":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            if any(n == "trainables" or n.startswith("trainables.") for n in names):
+                importers.append(f"{path.relative_to(root)}:{node.lineno}")
+    assert importers == []
+
+
 def test_the_contract_and_the_phase_load_without_ray():
     """A trainable on a machine with torch alone (the GPU benchmark's image) imports the contract and the
     phase; the searcher's names still import on first use."""

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from ray_llm_search.mentor_quality import near_copy, round_figures, table, word_edits
+from ray_llm_search.compare.mentor_quality import near_copy, round_figures, table, word_edits
 
 
 def test_near_copies_are_two_word_edits_from_a_shown_text_case_and_punctuation_aside():
@@ -47,7 +47,7 @@ def test_one_real_round_scores_the_mentors_texts_and_the_word_edits_as_the_searc
                                                                                         one_torch_thread):
     """The real MiniLM on SST-2's seed-0 split: a scripted mentor answers one round; every text is scored as text
     on validation, exactly as ``evaluate_prompt`` scores it, and the results file merges across invocations."""
-    from ray_llm_search import mentor_quality
+    from ray_llm_search.compare import mentor_quality
     from ray_llm_search.testing import ScriptedLLM
 
     llm = ScriptedLLM([["1. the overall opinion of the critic is\n2. sentiment:\n3. is this review positive"]])

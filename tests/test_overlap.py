@@ -285,12 +285,12 @@ def test_the_comparisons_inline_backend_runs_the_overlapped_default_at_the_gradi
             "--eval-every", "1", "--shots", "2", "--val-shots", "2", "--test-size", "10", "--max-length", "32",
             "--backend", "inline", "--out", str(tmp_path / "out"), "--storage", str(tmp_path / "storage"),
             "--data-root", str(SHARED_DATA), "--no-seed-prompt", "--arms", "gradient", "authors-paired",
-            "authors-perturb-paired"]
+            "authors-paired-perturb"]
     result = compare.main(argv, llm_factory=lambda args, seed: ScriptedLLM())
     runs = {r["arm"]: r for r in result["results"]["runs"]}
     b = runs["gradient"]["budget"]
-    for arm in ("authors-paired", "authors-perturb-paired"):
+    for arm in ("authors-paired", "authors-paired-perturb"):
         run = runs[arm]
         assert (run["trials"], run["gradient_steps"], run["n_evaluations"]) == (5, b["gradient_steps"], b["evaluations"])
         assert run["screened"] == 3 * 3
-    assert runs["authors-paired"]["llm_calls"] == 3 and runs["authors-perturb-paired"]["llm_calls"] == 0
+    assert runs["authors-paired"]["llm_calls"] == 3 and runs["authors-paired-perturb"]["llm_calls"] == 0

@@ -160,7 +160,7 @@ def _round_trip(text: str, length: int, minilm, metric: str = "cosine") -> str:
 
 def test_the_text_model_projects_with_its_prepared_vocabulary_as_each_call_would(minilm):
     """The real MiniLM classifier keeps one NearestTokens; what it projects is project_to_tokens' answer."""
-    from trainables.benchmarks import BENCHMARKS
+    from trainables.benchmark_data import BENCHMARKS
     from trainables.text_prompt import build_classifier, dataset_for
 
     config = {"data": BENCHMARKS["bbc"].data_spec(shots=2, val_shots=2, test_size=10, seed=0), "prompt_length": 6,

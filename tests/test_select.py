@@ -89,4 +89,4 @@ def test_the_comparison_chooses_by_each_arms_rule():
     with pytest.raises(ValueError, match="rule must be"):
         compare.select_best(rows, "final")
     assert compare.arm_select("authors") == compare.arm_select("authors-perturb") == "loss"
-    assert compare.arm_select("gradient") == compare.arm_select("screened-paired") == "acc"
+    assert compare.arm_select("gradient") == compare.arm_select("chains-paired") == "acc"

@@ -48,7 +48,8 @@ def test_bad_input_is_refused():
 
 def test_the_comparison_and_the_selection_study_print_the_same_cells():
     """One helper for both: the comparison's paired cell and the selection study's are stats.mean_ci's."""
-    from ray_llm_search import compare, selection
+    from ray_llm_search import compare
+    from ray_llm_search.compare import selection_study as selection
 
     values = [0.02, -0.01, 0.04, 0.00, 0.03, 0.01, 0.05]
     assert compare.paired(values) == stats.mean_ci(values) == selection.mean_ci(values)

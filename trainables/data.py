@@ -31,7 +31,7 @@ import string
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from trainables.sampling import LabelledSplits, few_shot, stratified
+from trainables.shots import LabelledSplits, few_shot, stratified
 
 FORMATS = ("csv", "tsv", "jsonl", "folder", "lines", "hf")
 _FORMATTER = string.Formatter()

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 
 from trainables.data import Example, TextDataset
 from trainables.phase import check_config, evaluate_logits, load_vectors, resolve_device, run_phase
-from trainables.projection import ids_to_text, nearest_tokens, special_token_ids, text_to_vectors
+from trainables.projection import VocabularyPrompt, special_token_ids
 from trainables.text_prompt import dataset_for, resolve_model
 
 PEFT_DEFAULTS = {"model": None, "task_type": "seq_cls", "prompt_length": 8, "max_length": 128, "projection": "cosine",
@@ -94,8 +94,10 @@ def _load(model: str | None, task_type: str, prompt_length: int, num_labels: int
     return _LOADED[key]
 
 
-class PeftPrompt:
+class PeftPrompt(VocabularyPrompt):
     """A ``PromptModel`` (see ``trainables.phase``) over a PEFT prompt-tuning model."""
+
+    EMBEDDINGS = "word_embeddings"
 
     def __init__(self, model: str | None, label_names: list[str], task_type: str = "seq_cls", prompt_length: int = 8,
                  max_length: int = 128, projection: str = "cosine", device: str = "auto") -> None:
@@ -134,14 +136,6 @@ class PeftPrompt:
         return {"model": self.model_name or "all-MiniLM-L6-v2", "peft": self.task_type,
                 "prompt_length": self.prompt_length, "dim": int(self.word_embeddings.shape[1]),
                 "classes": len(self.label_names)}
-
-    def init_vectors(self, text: str) -> torch.Tensor:
-        return text_to_vectors(text, self.tokenizer, self.word_embeddings, self.prompt_length)
-
-    def project(self, vectors: torch.Tensor) -> str:
-        if self._nearest is None:  # the frozen vocabulary prepared once (trainables.projection.nearest_tokens)
-            self._nearest = nearest_tokens(self.word_embeddings, self.projection, self.excluded, vectors.device)
-        return ids_to_text(self._nearest(vectors), self.tokenizer)
 
     def extra_parameters(self) -> list:
         return [p for n, p in self.peft.named_parameters() if n in self._initial_head]

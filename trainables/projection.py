@@ -144,3 +144,20 @@ def text_to_vectors(text: str, tokenizer, embedding: torch.Tensor, length: int) 
 def ids_to_text(ids, tokenizer) -> str:
     return tokenizer.decode([int(i) for i in ids], skip_special_tokens=True,
                             clean_up_tokenization_spaces=True).strip()
+
+
+class VocabularyPrompt:
+    """``init_vectors`` and ``project`` of a ``PromptModel`` whose prompt vectors live among its tokenizer's word
+    embeddings (the text and PEFT trainables): the class names the attribute holding them (``EMBEDDINGS``) and
+    sets ``tokenizer``, ``prompt_length``, ``projection``, ``excluded`` and ``_nearest = None``."""
+
+    EMBEDDINGS = "embedding"
+
+    def init_vectors(self, text: str) -> torch.Tensor:
+        return text_to_vectors(text, self.tokenizer, getattr(self, self.EMBEDDINGS), self.prompt_length)
+
+    def project(self, vectors: torch.Tensor) -> str:
+        if self._nearest is None:  # the frozen vocabulary prepared once (nearest_tokens)
+            self._nearest = nearest_tokens(getattr(self, self.EMBEDDINGS), self.projection, self.excluded,
+                                           vectors.device)
+        return ids_to_text(self._nearest(vectors), self.tokenizer)

