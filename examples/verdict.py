@@ -16,18 +16,23 @@ import statistics
 import sys
 
 from ray_llm_search.compare import CONTROLS, canonical_arm
+from ray_llm_search.compare.arms import canonical_arm
 from ray_llm_search.stats import t_interval
 
 TASKS = (("sst2", "SST-2"), ("trec", "TREC"), ("ag_news", "AG News"), ("bbc", "BBC News"))
-# design arm -> its no-LLM twin (the comparison's CONTROLS), and the designs in the table's order
-TWINS = dict(CONTROLS)
+# design arm -> its no-LLM twin (compare.CONTROLS); recorded runs may name arms by their earlier names
+# (compare.ARM_ALIASES), read here as their names now
+TWINS = {"authors-paired": "authors-paired-perturb", "authors": "authors-perturb", "text-first": "text-first-perturb",
+         "halving": "halving-perturb", "descent-shown": "descent-shown-perturb",
+         "chains-paired": "chains-paired-perturb", "chains-screened": "chains-screened-perturb",
+         "late-mix": "late-mix-perturb", "restarts": "restarts-perturb"}
 ORDER = ("authors-paired", "descent-shown", "halving", "text-first", "authors", "chains-paired", "chains-screened",
          "late-mix", "restarts", "llm")
 
 
 def differences(runs: list[dict], arm: str, other: str) -> dict[str, list[float]]:
     """Per dataset, ``arm`` minus ``other`` in test accuracy points, seed by seed where both ran (one budget)."""
-    by = {(r["dataset"], r["arm"], r["seed"], json.dumps(r.get("budget", {}).get("kind"))): r["test_acc"]
+    by = {(r["dataset"], canonical_arm(r["arm"]), r["seed"], json.dumps(r.get("budget", {}).get("kind"))): r["test_acc"]
           for r in runs}
     out: dict[str, list[float]] = {}
     for (d, a, s, k), acc in sorted(by.items()):
@@ -46,7 +51,7 @@ def cell(values: list[float]) -> str:
 
 
 def rows(runs: list[dict], mentor: str) -> list[str]:
-    arms = {r["arm"] for r in runs}
+    arms = {canonical_arm(r["arm"]) for r in runs}
     out = []
     for arm in ORDER:
         if arm not in arms:

@@ -75,6 +75,8 @@ def test_examples_verdict_pairs_runs_by_task_and_seed_and_never_across_budgets(t
     runs += [run("sst2", s, "halving", 0.60 + 0.01 * s) for s in range(3)]
     runs += [run("sst2", s, "halving-perturb", 0.61) for s in range(2)] + [run("sst2", 2, "halving-perturb", 0.5, "workers")]
     runs += [run("trec", 0, "halving", 0.70), run("trec", 0, "gradient", 0.65)]
+    # a design recorded under an earlier arm name (compare.ARM_ALIASES) pairs with its twin's name now
+    runs += [run("bbc", 0, "authors-paired", 0.80), run("bbc", 0, "authors-perturb-paired", 0.78)]
     path = tmp_path / "results.json"
     path.write_text(json.dumps({"runs": runs}))
     table = verdict.main([f"{path}=M"]).splitlines()
@@ -82,3 +84,4 @@ def test_examples_verdict_pairs_runs_by_task_and_seed_and_never_across_budgets(t
     twin = next(line for line in table if "twin" in line)
     assert "+1.0 ± 2.5 (n=3)" in grad and "+5.0 (n=1)" in grad and grad.endswith("| +3.0 (2 tasks) |")
     assert "-0.5 ± 6.4 (n=2)" in twin and twin.endswith("| -0.5 (1 tasks) |")
+    assert any(line.startswith("| `authors-paired` | M | its no-LLM twin |") and "+2.0 (n=1)" in line for line in table)
