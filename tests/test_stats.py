@@ -80,8 +80,8 @@ def test_examples_verdict_pairs_runs_by_task_and_seed_and_never_across_budgets(t
     path = tmp_path / "results.json"
     path.write_text(json.dumps({"runs": runs}))
     table = verdict.main([f"{path}=M"]).splitlines()
-    grad = next(line for line in table if "gradient only" in line)
-    twin = next(line for line in table if "twin" in line)
+    grad = next(line for line in table if "`halving`" in line and "gradient only" in line)
+    twin = next(line for line in table if "`halving`" in line and "twin" in line)
     assert "+1.0 ± 2.5 (n=3)" in grad and "+5.0 (n=1)" in grad and grad.endswith("| +3.0 (2 tasks) |")
     assert "-0.5 ± 6.4 (n=2)" in twin and twin.endswith("| -0.5 (1 tasks) |")
     assert any(line.startswith("| `authors-paired` | M | its no-LLM twin |") and "+2.0 (n=1)" in line for line in table)
