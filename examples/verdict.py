@@ -31,8 +31,9 @@ ORDER = ("authors-paired", "descent-shown", "halving", "text-first", "authors", 
 
 
 def differences(runs: list[dict], arm: str, other: str) -> dict[str, list[float]]:
-    """Per dataset, ``arm`` minus ``other`` in test accuracy points, seed by seed where both ran (one budget)."""
-    by = {(r["dataset"], canonical_arm(r["arm"]), r["seed"], json.dumps(r.get("budget", {}).get("kind"))): r["test_acc"]
+    """Per dataset, ``arm`` minus ``other`` in test accuracy points, seed by seed where both ran at one budget kind
+    (runs recorded before budgets had kinds are equal-compute runs)."""
+    by = {(r["dataset"], canonical_arm(r["arm"]), r["seed"], (r.get("budget") or {}).get("kind", "compute")): r["test_acc"]
           for r in runs}
     out: dict[str, list[float]] = {}
     for (d, a, s, k), acc in sorted(by.items()):
